@@ -1,0 +1,22 @@
+"""Mask Scoring R-CNN for Detectron2.
+
+Importing this package registers its heads in Detectron2's registries (`ROI_HEADS_REGISTRY`
+and this package's `ROI_MASKIOU_HEAD_REGISTRY`). Call `add_ms_rcnn_config(cfg)` after
+`get_cfg()` and before `merge_from_file` to add its config keys.
+"""
+
+__version__ = "0.1.0"
+
+try:
+    import detectron2  # noqa: F401
+except ImportError as e:  # pragma: no cover - exercised by tests/test_package.py in a subprocess
+    raise ImportError(
+        "ms_rcnn needs Detectron2, which is not on PyPI and so is not installed with ms-rcnn. "
+        "Run `make setup` in the ms-rcnn repository (it builds Detectron2 v0.6 without compiled "
+        "ops), or `python scripts/install_detectron2.py` inside your environment, or install "
+        "Detectron2 from an upstream git checkout. See README.md, 'Installing'."
+    ) from e
+
+from .config import add_ms_rcnn_config
+
+__all__ = ["add_ms_rcnn_config", "__version__"]

@@ -1,0 +1,46 @@
+#!/usr/bin/env python
+"""Packaging for ms-rcnn. Pure Python: no torch import here, no compiled extension.
+
+Detectron2 is a runtime requirement that cannot be listed: it is not on PyPI. `make setup`
+installs it (scripts/install_detectron2.py), or bring your own build; `import ms_rcnn` checks
+for it and says how to install it.
+"""
+
+import re
+from pathlib import Path
+
+from setuptools import find_packages, setup
+
+HERE = Path(__file__).resolve().parent
+
+
+def read_version():
+    # The one version source is ms_rcnn/__init__.py; read it as text to avoid importing torch.
+    text = (HERE / "ms_rcnn" / "__init__.py").read_text()
+    return re.search(r'^__version__ = "([^"]+)"', text, re.M).group(1)
+
+
+setup(
+    name="ms-rcnn",
+    version=read_version(),
+    description="Mask Scoring R-CNN heads for Detectron2 (a plugin, not a fork)",
+    long_description=(HERE / "README.md").read_text(),
+    long_description_content_type="text/markdown",
+    license="Apache-2.0",
+    python_requires=">=3.9",
+    packages=find_packages(include=["ms_rcnn", "ms_rcnn.*"]),
+    install_requires=[
+        # torch, torchvision and detectron2 are prerequisites installed by `make setup`
+        # (see README: torch has CPU/CUDA builds pip cannot choose; detectron2 is not on PyPI).
+        "torch>=1.8",
+        "torchvision",
+        "numpy",
+        "pillow",
+        "pycocotools>=2.0.2",
+        "fvcore",
+        "matplotlib",
+    ],
+    extras_require={
+        "dev": ["pytest>=7", "pytest-timeout", "hypothesis", "ruff"],
+    },
+)
