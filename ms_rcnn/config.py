@@ -4,9 +4,74 @@ from detectron2.config import CfgNode as CN
 
 
 def add_ms_rcnn_config(cfg):
-    """Add ms-rcnn's keys to `cfg` in place; Detectron2's global defaults stay untouched.
+    """Add ms-rcnn's keys to `cfg` in place and return it. Detectron2's defaults stay untouched.
 
-    Call after `get_cfg()` and before `merge_from_file`. Calling it twice is harmless.
+    Call after `get_cfg()` and before `merge_from_file`. Calling it twice is harmless: keys a
+    user already set are kept.
     """
-    _C = cfg
-    return _C
+    _add_maskiou_head_config(cfg)
+    _add_soft_nms_config(cfg)
+    return cfg
+
+
+def _set_default(node, key, value):
+    if key not in node:
+        node[key] = value
+
+
+def _add_maskiou_head_config(cfg):
+    _set_default(cfg.MODEL, "ROI_MASKIOU_HEAD", CN())
+    node = cfg.MODEL.ROI_MASKIOU_HEAD
+    defaults = {
+        # Name of the head in ms_rcnn.ROI_MASKIOU_HEAD_REGISTRY.
+        "NAME": "MaskIoUHead",
+        # 3x3 convs over [RoI feature, max-pooled mask]; the last one has stride 2 (paper Fig. 3).
+        "NUM_CONV": 4,
+        # Channels of those convs.
+        "CONV_DIM": 256,
+        # Hidden fully-connected layers after the convs (then one linear layer to the classes).
+        "NUM_FC": 2,
+        # Width of the hidden fully-connected layers.
+        "FC_DIM": 1024,
+        # Weight of loss_maskiou = 0.5 * mean squared error over RoIs whose target IoU is > 0.
+        "LOSS_WEIGHT": 1.0,
+        # A predicted mask pixel counts as foreground for the IoU target when its logit is > this.
+        # 0.0 is probability 0.5 (the official code after its fix); 0.5 reproduces the pre-fix
+        # official code and mmdetection (probability 0.62).
+        "MASK_LOGIT_THRESHOLD": 0.0,
+        # Stop the MaskIoU loss's gradient from reaching the mask head through the mask input.
+        # The reference implementations let it flow; see docs/DESIGN.md for the choice.
+        "DETACH_MASK": True,
+        # Stop the MaskIoU loss's gradient from reaching the backbone through the RoI features.
+        "DETACH_FEATURES": False,
+        # Clamp the predicted IoU to [0, 1] before it multiplies the classification score.
+        "CLAMP_PREDICTION": True,
+        # At inference, also write mask_scores into `scores` (for tools that read only `scores`;
+        # box AP then changes too). By default `scores` stays the classification score.
+        "OVERWRITE_SCORES": False,
+        # Train only the MaskIoU head: freeze every other parameter (start from a trained
+        # Mask R-CNN checkpoint).
+        "TRAIN_ONLY_MASKIOU": False,
+    }
+    for key, value in defaults.items():
+        _set_default(node, key, value)
+
+
+def _add_soft_nms_config(cfg):
+    _set_default(cfg.TEST, "SOFT_NMS", CN())
+    node = cfg.TEST.SOFT_NMS
+    defaults = {
+        # Replace the box head's test-time hard NMS with Soft-NMS (training and RPN unchanged).
+        "ENABLED": False,
+        # "gaussian": score *= exp(-iou^2 / SIGMA); "linear": score *= 1 - iou when
+        # iou > IOU_THRESHOLD; "hard": plain NMS at IOU_THRESHOLD.
+        "METHOD": "gaussian",
+        # Gaussian decay width (> 0).
+        "SIGMA": 0.5,
+        # Overlap above which "linear" decays and "hard" suppresses, in [0, 1].
+        "IOU_THRESHOLD": 0.3,
+        # Boxes whose decayed score falls to or below this are dropped, in [0, 1).
+        "SCORE_THRESHOLD": 0.001,
+    }
+    for key, value in defaults.items():
+        _set_default(node, key, value)
