@@ -9,7 +9,7 @@ __version__ = "0.1.0"
 
 try:
     import detectron2  # noqa: F401
-except ImportError as e:  # pragma: no cover - exercised by tests/test_package.py in a subprocess
+except ImportError as e:
     raise ImportError(
         "ms_rcnn needs Detectron2, which is not on PyPI and so is not installed with ms-rcnn. "
         "Run `make setup` in the ms-rcnn repository (it builds Detectron2 v0.6 without compiled "
@@ -18,5 +18,24 @@ except ImportError as e:  # pragma: no cover - exercised by tests/test_package.p
     ) from e
 
 from .config import add_ms_rcnn_config
+from .maskiou_head import (
+    ROI_MASKIOU_HEAD_REGISTRY,
+    MaskIoUHead,
+    build_maskiou_head,
+    mask_iou_inference,
+    mask_iou_loss,
+)
+from .maskiou_targets import mask_iou_targets
+from .roi_heads import MaskScoringROIHeads
 
-__all__ = ["add_ms_rcnn_config", "__version__"]
+__all__ = [
+    "__version__",
+    "add_ms_rcnn_config",
+    "ROI_MASKIOU_HEAD_REGISTRY",
+    "MaskIoUHead",
+    "build_maskiou_head",
+    "mask_iou_targets",
+    "mask_iou_loss",
+    "mask_iou_inference",
+    "MaskScoringROIHeads",
+]

@@ -47,7 +47,7 @@ collect_env_info()
 print("detectron2", detectron2.__version__, "at", detectron2.__file__)
 """
 
-C_STANDIN = '''"""Stand-in for Detectron2's compiled ops (written by ms-rcnn's scripts/install_detectron2.py).
+C_STANDIN = '''"""Stand-in for Detectron2's compiled ops (written by ms-rcnn's installer).
 
 This Detectron2 was built without its C++/CUDA extension. Mask R-CNN and MS R-CNN on
 axis-aligned boxes do not need it; deformable convolution, rotated boxes and the fast COCO
@@ -93,7 +93,7 @@ MODEL_ZOO_OLD = """    cfg_file = pkg_resources.resource_filename(
 MODEL_ZOO_NEW = """    cfg_file = os.path.join(os.path.dirname(__file__), "configs", config_path)"""
 
 SETUP_REPLACEMENTS = [
-    ('    ext_modules=get_extensions(),\n', ""),
+    ("    ext_modules=get_extensions(),\n", ""),
     ('    cmdclass={"build_ext": torch.utils.cpp_extension.BuildExtension},\n', ""),
     ('"black==21.4b2"', '"black"'),
     (

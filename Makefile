@@ -1,0 +1,55 @@
+# ms-rcnn developer commands. `make demo` and `make test` set everything up on a fresh machine.
+# Setup steps are stamped in $(VENV)/.stamps, so a second run with nothing changed reinstalls
+# nothing. Pinned versions live in constraints.txt (one place, with reasons).
+
+VENV ?= .venv
+PYTHON ?= python3
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip --disable-pip-version-check
+STAMPS := $(VENV)/.stamps
+PYTEST_ARGS ?=
+DEMO_ITERS ?=
+
+.PHONY: setup test lint format demo clean-venv help
+
+help:
+	@echo "make setup   create $(VENV) with torch, Detectron2 and ms-rcnn (idempotent)"
+	@echo "make test    setup, lint, then the test suite"
+	@echo "make demo    setup, then train and compare Mask R-CNN vs MS R-CNN on generated data"
+	@echo "make lint    ruff check + ruff format --check"
+	@echo "make format  apply ruff's fixes and formatting"
+
+setup: $(STAMPS)/package
+
+$(STAMPS)/venv:
+	$(PYTHON) -m venv $(VENV)
+	@mkdir -p $(STAMPS) && touch $@
+
+$(STAMPS)/torch: constraints.txt $(STAMPS)/venv
+	$(PIP) install -c constraints.txt torch torchvision setuptools
+	@touch $@
+
+$(STAMPS)/detectron2: scripts/install_detectron2.py constraints.txt $(STAMPS)/torch
+	$(PY) scripts/install_detectron2.py
+	@touch $@
+
+$(STAMPS)/package: setup.py pyproject.toml constraints.txt $(STAMPS)/detectron2
+	$(PIP) install -c constraints.txt -e '.[dev]'
+	@touch $@
+
+lint: setup
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+format: setup
+	$(VENV)/bin/ruff check --fix .
+	$(VENV)/bin/ruff format .
+
+test: lint
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+demo: setup
+	$(PY) tools/demo.py $(if $(DEMO_ITERS),--iters $(DEMO_ITERS),)
+
+clean-venv:
+	rm -rf $(VENV)
