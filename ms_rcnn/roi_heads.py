@@ -117,6 +117,8 @@ class MaskScoringROIHeads(StandardROIHeads):
         Returns a dict with `loss_mask` and `loss_maskiou` in training; in inference, the
         instances with `pred_masks`, `pred_maskiou` and `mask_scores` set.
         """
+        if not self.mask_on:  # test-time augmentation turns the mask branch off for a while
+            return {} if self.training else instances
         if self.training:
             instances, _ = select_foreground_proposals(instances, self.num_classes)
             boxes = [x.proposal_boxes for x in instances]

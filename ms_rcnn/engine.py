@@ -1,0 +1,139 @@
+"""Training and evaluation wiring: Detectron2's DefaultTrainer with ms-rcnn's evaluator and TTA.
+
+`tools/train_net.py` is a thin command line over `main(args)`; other code can register its
+datasets and call `main` (or use `Trainer` directly) the same way.
+"""
+
+import logging
+import os
+from collections import OrderedDict
+
+import torch
+from detectron2.checkpoint import DetectionCheckpointer
+from detectron2.config import get_cfg
+from detectron2.engine import DefaultTrainer, default_setup, hooks
+from detectron2.evaluation import verify_results
+from detectron2.utils import comm
+
+from .config import add_ms_rcnn_config
+from .evaluation import build_ms_rcnn_evaluator, save_eval_results
+from .tta import MaskScoringRCNNWithTTA
+
+__all__ = ["Trainer", "setup", "main", "freeze_all_but_maskiou"]
+
+logger = logging.getLogger(__name__)
+
+
+def freeze_all_but_maskiou(model) -> int:
+    """Freeze every parameter outside the MaskIoU head; return how many stay trainable.
+
+    Batch-norm layers of the backbone are frozen already (FrozenBatchNorm2d) in the default
+    configs, so a frozen model computes exactly what the checkpoint it started from did.
+    """
+    roi_heads = getattr(model, "roi_heads", None)
+    head = getattr(roi_heads, "maskiou_head", None)
+    if head is None:
+        raise ValueError(
+            "MODEL.ROI_MASKIOU_HEAD.TRAIN_ONLY_MASKIOU=True needs a model with a MaskIoU head "
+            "(MODEL.ROI_HEADS.NAME: MaskScoringROIHeads)"
+        )
+    for p in model.parameters():
+        p.requires_grad_(False)
+    for p in head.parameters():
+        p.requires_grad_(True)
+    return sum(p.numel() for p in head.parameters())
+
+
+def check_soft_nms_supported(cfg, model) -> None:
+    """Refuse TEST.SOFT_NMS.ENABLED on ROI heads that would silently ignore it."""
+    if not cfg.TEST.SOFT_NMS.ENABLED:
+        return
+    predictor = getattr(getattr(model, "roi_heads", None), "box_predictor", None)
+    if not getattr(predictor, "supports_soft_nms", False):
+        raise ValueError(
+            f"TEST.SOFT_NMS.ENABLED=True, but MODEL.ROI_HEADS.NAME={cfg.MODEL.ROI_HEADS.NAME} "
+            "runs Detectron2's hard NMS and would ignore it. Use MaskScoringROIHeads, or "
+            "SoftNMSROIHeads for a plain Mask R-CNN baseline."
+        )
+
+
+class Trainer(DefaultTrainer):
+    """DefaultTrainer that evaluates with MaskScoringCOCOEvaluator and saves the results."""
+
+    @classmethod
+    def build_model(cls, cfg):
+        model = super().build_model(cfg)
+        check_soft_nms_supported(cfg, model)
+        if cfg.MODEL.ROI_MASKIOU_HEAD.TRAIN_ONLY_MASKIOU:
+            n = freeze_all_but_maskiou(model)
+            logger.info(f"TRAIN_ONLY_MASKIOU: training only the MaskIoU head ({n} parameters)")
+        return model
+
+    @classmethod
+    def build_evaluator(cls, cfg, dataset_name, output_folder=None):
+        if output_folder is None:
+            output_folder = os.path.join(cfg.OUTPUT_DIR, "inference", dataset_name)
+        return build_ms_rcnn_evaluator(cfg, dataset_name, output_folder)
+
+    @classmethod
+    def test(cls, cfg, model, evaluators=None):
+        results = super().test(cfg, model, evaluators)
+        if comm.is_main_process() and results:
+            save_eval_results(results, cfg.OUTPUT_DIR)
+        return results
+
+    @classmethod
+    def test_with_TTA(cls, cfg, model):
+        logger.info("Running inference with test-time augmentation ...")
+        model = MaskScoringRCNNWithTTA(cfg, model)
+        evaluators = [
+            cls.build_evaluator(
+                cfg, name, output_folder=os.path.join(cfg.OUTPUT_DIR, "inference_TTA", name)
+            )
+            for name in cfg.DATASETS.TEST
+        ]
+        results = DefaultTrainer.test(cfg, model, evaluators)
+        return OrderedDict({k + "_TTA": v for k, v in results.items()})
+
+
+def setup(args):
+    """Config from `args.config_file` and trailing `KEY VALUE` overrides, then default_setup."""
+    cfg = get_cfg()
+    add_ms_rcnn_config(cfg)
+    if not args.config_file:
+        raise ValueError("--config-file is required (e.g. configs/demo/ms_rcnn_tiny.yaml)")
+    if not os.path.isfile(args.config_file):
+        raise FileNotFoundError(f"--config-file {args.config_file}: no such file")
+    cfg.merge_from_file(args.config_file)
+    cfg.merge_from_list(args.opts)
+    if cfg.MODEL.DEVICE.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError(
+            f"MODEL.DEVICE={cfg.MODEL.DEVICE}, but torch sees no GPU here; add `MODEL.DEVICE cpu`"
+        )
+    cfg.freeze()
+    default_setup(cfg, args)
+    return cfg
+
+
+def main(args):
+    """Train, or evaluate with --eval-only; returns the evaluation results (or training's)."""
+    cfg = setup(args)
+    if args.eval_only:
+        model = Trainer.build_model(cfg)
+        DetectionCheckpointer(model, save_dir=cfg.OUTPUT_DIR).resume_or_load(
+            cfg.MODEL.WEIGHTS, resume=args.resume
+        )
+        results = Trainer.test(cfg, model)
+        if cfg.TEST.AUG.ENABLED:
+            results.update(Trainer.test_with_TTA(cfg, model))
+        if comm.is_main_process():
+            verify_results(cfg, results)
+        return results
+
+    trainer = Trainer(cfg)
+    trainer.resume_or_load(resume=args.resume)
+    if cfg.TEST.AUG.ENABLED:
+        trainer.register_hooks(
+            [hooks.EvalHook(0, lambda: trainer.test_with_TTA(cfg, trainer.model))]
+        )
+    return trainer.train()

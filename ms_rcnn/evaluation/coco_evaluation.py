@@ -1,0 +1,242 @@
+"""COCO evaluation that ranks masks by their predicted quality (Mask Scoring R-CNN convention).
+
+`MaskScoringCOCOEvaluator` is Detectron2's `COCOEvaluator` with three changes:
+
+- segm AP ranks detections by `mask_scores` (= scores * pred_maskiou) while bbox AP keeps the
+  classification `scores`, as the official code does; a model without `mask_scores` (plain
+  Mask R-CNN) is evaluated exactly like the stock evaluator;
+- it falls back to pycocotools' COCOeval when Detectron2 was built without compiled ops,
+  instead of failing on `COCOeval_opt`;
+- it adds a mask-quality calibration report (see `calibration.py`) under
+  `results["calibration"]`, in `<output_dir>/calibration.json` and as a scatter plot in
+  `<output_dir>/maskiou_calibration.png`.
+"""
+
+import contextlib
+import itertools
+import logging
+import os
+
+from detectron2.evaluation import COCOEvaluator
+from detectron2.utils.logger import create_small_table
+
+from .calibration import (
+    CALIBRATION_PNG,
+    JSON_SCORE_KEYS,
+    calibration_for_results,
+    collect_calibration_data,
+    plot_calibration,
+    save_calibration,
+    summarize_calibration,
+)
+
+__all__ = ["MaskScoringCOCOEvaluator", "build_ms_rcnn_evaluator", "compiled_coco_eval_available"]
+
+logger = logging.getLogger(__name__)
+
+
+def compiled_coco_eval_available() -> bool:
+    """Whether Detectron2's compiled ops (and so `COCOeval_opt`) are really there.
+
+    ms-rcnn's pure-Python Detectron2 build installs a stand-in `detectron2._C` that imports
+    fine but marks itself with `PURE_PYTHON_STANDIN = True`; its ops raise when called.
+    """
+    try:
+        from detectron2 import _C
+    except ImportError:
+        return False
+    return not getattr(_C, "PURE_PYTHON_STANDIN", False)
+
+
+def add_score_fields(coco_dets, instances) -> None:
+    """Copy `mask_scores` / `pred_maskiou` of `instances` into their COCO-format dicts.
+
+    Args:
+        coco_dets (list[dict]): `instances_to_coco_json(instances, ...)`, one dict per instance
+            in the same order; updated in place under the keys of `JSON_SCORE_KEYS`.
+        instances (Instances): the model's output for one image.
+    """
+    for name in ("mask_scores", "pred_maskiou"):
+        if not instances.has(name):
+            continue
+        values = instances.get(name).detach().to("cpu").reshape(-1).tolist()
+        if len(values) != len(coco_dets):
+            raise ValueError(f"{name} has {len(values)} values for {len(coco_dets)} detections")
+        for det, value in zip(coco_dets, values):
+            det[JSON_SCORE_KEYS[name]] = float(value)
+
+
+class MaskScoringCOCOEvaluator(COCOEvaluator):
+    """COCOEvaluator that ranks segm results by a mask-quality score and reports calibration.
+
+    Each COCO-format detection additionally carries "mask_score" and "pred_maskiou" when the
+    model produced them, so `coco_instances_results.json` and `instances_predictions.pth` hold
+    every score needed to re-rank offline (see `evaluate_with_score_field`).
+    """
+
+    def __init__(
+        self,
+        dataset_name,
+        tasks=None,
+        distributed=True,
+        output_dir=None,
+        *,
+        segm_score_field="mask_scores",
+        calibration=True,
+        use_fast_impl=True,
+        **kwargs,
+    ):
+        """
+        Args:
+            dataset_name, tasks, distributed, output_dir: as for `COCOEvaluator`.
+            segm_score_field (str): `Instances` field that ranks masks for segm AP: "mask_scores"
+                (MS R-CNN), "scores" (the stock ranking: the same-weights ablation) or
+                "pred_maskiou". Detections without it fall back to "scores".
+            calibration (bool): compute the mask-quality calibration report.
+            use_fast_impl (bool): as for `COCOEvaluator`; forced to False (with a log line)
+                when Detectron2 has no compiled ops.
+            kwargs: passed to `COCOEvaluator` (`max_dets_per_image`, `kpt_oks_sigmas`, ...).
+        """
+        if segm_score_field not in JSON_SCORE_KEYS:
+            raise ValueError(
+                f"segm_score_field must be one of {sorted(JSON_SCORE_KEYS)}, "
+                f"got {segm_score_field!r}"
+            )
+        if use_fast_impl and not compiled_coco_eval_available():
+            logger.info(
+                "Detectron2 has no compiled ops: evaluating with pycocotools' official COCOeval "
+                "(use_fast_impl=False); the numbers are the official ones, only slower."
+            )
+            use_fast_impl = False
+        super().__init__(
+            dataset_name, tasks, distributed, output_dir, use_fast_impl=use_fast_impl, **kwargs
+        )
+        self._segm_score_key = JSON_SCORE_KEYS[segm_score_field]
+        self._calibration = calibration
+
+    def process(self, inputs, outputs):
+        start = len(self._predictions)
+        super().process(inputs, outputs)
+        # Attach the extra scores to the dicts the parent just built; match by image id rather
+        # than by position, so this does not depend on which outputs the parent skips.
+        instances_by_id = {
+            inp["image_id"]: out["instances"]
+            for inp, out in zip(inputs, outputs)
+            if "instances" in out
+        }
+        for prediction in self._predictions[start:]:
+            if "instances" in prediction:
+                add_score_fields(prediction["instances"], instances_by_id[prediction["image_id"]])
+
+    @contextlib.contextmanager
+    def _attributes(self, **values):
+        """Temporarily set attributes the parent's `_eval_predictions` reads."""
+        saved = {name: getattr(self, name) for name in values}
+        try:
+            for name, value in values.items():
+                setattr(self, name, value)
+            yield
+        finally:
+            for name, value in saved.items():
+                setattr(self, name, value)
+
+    def _eval_predictions(self, predictions, img_ids=None):
+        """Run the parent's evaluation, with segm ranked by the mask score, then calibration.
+
+        The parent's `_evaluate_predictions_on_coco` changed signature between Detectron2
+        versions, so instead of calling it, this calls the parent's `_eval_predictions` twice:
+        once for the non-segm tasks on the original detections (this pass also writes
+        `coco_instances_results.json` with the classification scores), and once for segm on
+        copies whose "score" is the mask score, with writing switched off.
+        """
+        coco_results = list(itertools.chain(*[p["instances"] for p in predictions]))
+        tasks = tuple(sorted(self._tasks or self._tasks_from_predictions(coco_results)))
+        # The parent unmaps category ids in place; keep copies with dataset ids for calibration.
+        calibration_dets = self._with_dataset_category_ids(coco_results)
+
+        key = self._segm_score_key
+        num_with_key = sum(key in d for d in coco_results)
+        if "segm" not in tasks or key == "score" or num_with_key == 0 or not self._do_evaluation:
+            if "segm" in tasks and key != "score" and coco_results and num_with_key == 0:
+                self._logger.info(f"No detection has '{key}': segm AP ranks by 'score'.")
+            super()._eval_predictions(predictions, img_ids=img_ids)
+        else:
+            if num_with_key < len(coco_results):
+                self._logger.warning(
+                    f"Only {num_with_key} of {len(coco_results)} detections have '{key}' "
+                    "(Detectron2's stock TTA drops it); the others are ranked by 'score'."
+                )
+            segm_predictions = [
+                {**p, "instances": [{**d, "score": d.get(key, d["score"])} for d in p["instances"]]}
+                for p in predictions
+            ]
+            other_tasks = tuple(t for t in tasks if t != "segm")
+            # With segm as the only task, the first pass only writes the results file.
+            with self._attributes(
+                _tasks=other_tasks or ("segm",), _do_evaluation=bool(other_tasks)
+            ):
+                super()._eval_predictions(predictions, img_ids=img_ids)
+            self._logger.info(f"segm AP ranks masks by '{key}'.")
+            with self._attributes(_tasks=("segm",), _output_dir=None):
+                super()._eval_predictions(segm_predictions, img_ids=img_ids)
+
+        # Zero detections infer no segm task, but a calibration entry (with zero counts) still
+        # tells the reader that nothing was matched rather than that nothing was measured.
+        if self._calibration and self._do_evaluation and ("segm" in tasks or not coco_results):
+            self._eval_calibration(calibration_dets, img_ids)
+
+    def _with_dataset_category_ids(self, coco_results):
+        mapping = getattr(self._metadata, "thing_dataset_id_to_contiguous_id", None)
+        if not mapping:
+            return [dict(d) for d in coco_results]
+        reverse = {v: k for k, v in mapping.items()}
+        return [{**d, "category_id": reverse[d["category_id"]]} for d in coco_results]
+
+    def _eval_calibration(self, detections, img_ids=None):
+        """Fill `self._results["calibration"]` and write the JSON and PNG reports."""
+        data = collect_calibration_data(detections, self._coco_api, img_ids=img_ids)
+        summary = summarize_calibration(data)
+        shown = {k: ("n/a" if v is None else v) for k, v in summary.items()}
+        self._logger.info("Mask-quality calibration:\n" + create_small_table(shown))
+        self._results["calibration"] = calibration_for_results(summary)
+        if not self._output_dir:
+            return
+        path = save_calibration(summary, self._output_dir)
+        self._logger.info(f"Saved calibration figures to {path}")
+        try:
+            png = plot_calibration(data, os.path.join(self._output_dir, CALIBRATION_PNG), summary)
+            self._logger.info(f"Saved calibration plot to {png}")
+        except Exception:  # a plotting problem must not cost the AP numbers of a long evaluation
+            self._logger.exception("Could not draw the calibration plot")
+
+
+def build_ms_rcnn_evaluator(
+    cfg, dataset_name, output_dir=None, *, segm_score_field="mask_scores", distributed=True
+):
+    """A `MaskScoringCOCOEvaluator` set up from a Detectron2 config.
+
+    Unlike Detectron2's `tools/train_net.py`, this passes `cfg.TEST.DETECTIONS_PER_IMAGE` on as
+    COCOeval's maxDets, and names the tasks from the config so that a model that detects
+    nothing still gets (NaN) segm results.
+
+    Args:
+        cfg (CfgNode): the model config.
+        dataset_name (str): a registered test dataset.
+        output_dir (str): where predictions, calibration.json and the plot go (or None).
+        segm_score_field (str): see `MaskScoringCOCOEvaluator`.
+        distributed (bool): gather predictions from all ranks before evaluating.
+    """
+    tasks = ("bbox",)
+    if cfg.MODEL.MASK_ON:
+        tasks += ("segm",)
+    if cfg.MODEL.KEYPOINT_ON:
+        tasks += ("keypoints",)
+    return MaskScoringCOCOEvaluator(
+        dataset_name,
+        tasks=tasks,
+        distributed=distributed,
+        output_dir=output_dir,
+        segm_score_field=segm_score_field,
+        max_dets_per_image=cfg.TEST.DETECTIONS_PER_IMAGE,
+        kpt_oks_sigmas=list(cfg.TEST.KEYPOINT_OKS_SIGMAS),
+    )

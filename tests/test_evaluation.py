@@ -1,0 +1,378 @@
+"""MaskScoringCOCOEvaluator, calibration report and same-weights ablation on a hand-made dataset.
+
+Expected numbers come from the stock COCOEvaluator, numpy and hand computation, never from the
+code under test.
+"""
+
+import json
+import math
+import os
+import uuid
+
+import numpy as np
+import pycocotools.mask as mask_util
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+
+def read_json(path):
+    with open(path) as f:
+        return json.load(f)
+
+
+H = W = 64
+CAT_A, CAT_B = 1, 3  # non-contiguous dataset ids -> contiguous 0, 1
+
+# (image_id, dataset category, (y0, y1, x0, x1), iscrowd)
+GT = [
+    (1, CAT_A, (10, 40, 10, 40), 0),  # "A1"
+    (1, CAT_B, (5, 20, 45, 60), 0),  # "B1"
+    (2, CAT_A, (20, 50, 15, 45), 0),  # "A2"
+    (2, CAT_A, (0, 10, 0, 64), 1),  # crowd region: never a calibration match
+    (3, CAT_B, (30, 60, 30, 60), 0),  # "B2"
+    (3, CAT_A, (0, 20, 0, 20), 0),  # "A3"
+    (3, CAT_A, (0, 20, 25, 50), 0),  # "A4"
+]
+CONTIGUOUS = {CAT_A: 0, CAT_B: 1}
+
+
+def rect(y0, y1, x0, x1):
+    m = np.zeros((H, W), dtype=bool)
+    m[y0:y1, x0:x1] = True
+    return m
+
+
+def rle(mask):
+    r = mask_util.encode(np.asfortranarray(mask.astype(np.uint8)))
+    r["counts"] = r["counts"].decode("utf-8")
+    return r
+
+
+@pytest.fixture
+def dataset(tmp_path):
+    """Register the hand-made dataset under a unique name; returns (name, json path)."""
+    from detectron2.data import DatasetCatalog
+    from detectron2.data.datasets import register_coco_instances
+
+    anns = []
+    for i, (img, cat, (y0, y1, x0, x1), crowd) in enumerate(GT):
+        m = rect(y0, y1, x0, x1)
+        anns.append(
+            {
+                "id": i + 1,
+                "image_id": img,
+                "category_id": cat,
+                "segmentation": rle(m),
+                "area": float(m.sum()),
+                "bbox": [x0, y0, x1 - x0, y1 - y0],
+                "iscrowd": crowd,
+            }
+        )
+    coco = {
+        "images": [{"id": i, "file_name": f"{i}.jpg", "height": H, "width": W} for i in (1, 2, 3)],
+        "annotations": anns,
+        "categories": [{"id": CAT_A, "name": "a"}, {"id": CAT_B, "name": "b"}],
+    }
+    path = tmp_path / "gt.json"
+    path.write_text(json.dumps(coco))
+    name = f"msrcnn_eval_test_{uuid.uuid4().hex[:8]}"
+    register_coco_instances(name, {}, str(path), str(tmp_path))
+    # Loading the dataset sets thing_dataset_id_to_contiguous_id, as a test data loader does.
+    DatasetCatalog.get(name)
+    return name, str(path)
+
+
+def make_outputs(dets, with_ms=True, dtype=torch.float32):
+    """dets: (image_id, dataset category, mask, score, pred_maskiou) -> (inputs, outputs)."""
+    from detectron2.structures import Boxes, Instances
+
+    inputs, outputs = [], []
+    for img in (1, 2, 3):
+        mine = [d for d in dets if d[0] == img]
+        inst = Instances((H, W))
+        boxes = []
+        for _, _, m, _, _ in mine:
+            ys, xs = np.nonzero(m)
+            boxes.append([xs.min(), ys.min(), xs.max() + 1, ys.max() + 1])
+        inst.pred_boxes = Boxes(torch.tensor(boxes, dtype=torch.float32).reshape(-1, 4))
+        inst.scores = torch.tensor([d[3] for d in mine], dtype=dtype)
+        inst.pred_classes = torch.tensor([CONTIGUOUS[d[1]] for d in mine], dtype=torch.long)
+        masks = np.stack([d[2] for d in mine]) if mine else np.zeros((0, H, W), dtype=bool)
+        inst.pred_masks = torch.from_numpy(masks)
+        if with_ms:
+            inst.pred_maskiou = torch.tensor([d[4] for d in mine], dtype=dtype)
+            inst.mask_scores = inst.scores * inst.pred_maskiou
+        inputs.append({"image_id": img, "height": H, "width": W})
+        outputs.append({"instances": inst})
+    return inputs, outputs
+
+
+def ranking_dets():
+    """Perfect masks for every GT but A1; on A1 a good mask with a low class score and a bad
+    mask (IoU 0.14) with a high class score but a low predicted IoU."""
+    dets = [(img, c, rect(*b), 0.95, 0.95) for img, c, b, crowd in GT if not crowd]
+    del dets[0]
+    dets.insert(0, (1, CAT_A, rect(10, 40, 10, 40), 0.6, 0.95))  # good
+    dets.insert(1, (1, CAT_A, rect(25, 55, 25, 55), 0.9, 0.3))  # bad
+    return dets
+
+
+def calibration_dets():
+    return ranking_dets() + [
+        (3, CAT_A, rect(0, 20, 10, 40), 0.7, 0.4),  # overlaps A3 (IoU 1/4) and A4 (3/8): best wins
+        (2, CAT_B, rect(20, 50, 15, 45), 0.5, 0.8),  # no class-B GT in image 2
+        (2, CAT_A, rect(0, 8, 0, 30), 0.4, 0.6),  # only on the crowd region
+        (1, CAT_B, rect(10, 25, 40, 60), 0.3, 0.5),  # partial overlap with B1
+    ]
+
+
+def brute_true_iou(img, cat, mask):
+    best = 0.0
+    for gimg, gcat, box, crowd in GT:
+        if gimg == img and gcat == cat and not crowd:
+            g = rect(*box)
+            best = max(best, (mask & g).sum() / (mask | g).sum())
+    return best
+
+
+def brute_rank(v):
+    """Average ranks by definition: #smaller + (#equal + 1) / 2."""
+    v = np.asarray(v, dtype=float)
+    return np.array([(v < a).sum() + ((v == a).sum() + 1) / 2 for a in v])
+
+
+def run(evaluator, dets, **kwargs):
+    inputs, outputs = make_outputs(dets, **kwargs)
+    evaluator.reset()
+    evaluator.process(inputs, outputs)
+    return evaluator.evaluate()
+
+
+def stock(name, out=None):
+    from detectron2.evaluation import COCOEvaluator
+
+    return COCOEvaluator(name, output_dir=out, use_fast_impl=False)
+
+
+def ms(name, out=None, **kwargs):
+    from ms_rcnn.evaluation import MaskScoringCOCOEvaluator
+
+    return MaskScoringCOCOEvaluator(name, output_dir=out, **kwargs)
+
+
+def same(a, b):
+    """Dict equality where NaN equals NaN."""
+    assert a.keys() == b.keys()
+    for k in a:
+        assert (math.isnan(a[k]) and math.isnan(b[k])) or a[k] == b[k], k
+
+
+def test_segm_ranked_by_mask_scores_bbox_unchanged(dataset):
+    name, _ = dataset
+    ours = run(ms(name), ranking_dets())
+    ref = run(stock(name), ranking_dets())
+    # By class score the bad mask outranks the good one on A1: class A has precision 0.8 past
+    # recall 3/4 -> AP_A = (76 + 25 * 0.8) / 101; class B is perfect.
+    assert ref["segm"]["AP"] == pytest.approx(100 * (96 / 101 + 1) / 2)
+    # By mask score the good mask comes first: every class is perfect.
+    assert ours["segm"]["AP"] == pytest.approx(100.0)
+    same(ours["bbox"], ref["bbox"])
+    # Ranking by the class score is exactly the stock evaluator.
+    same(run(ms(name, segm_score_field="scores"), ranking_dets())["segm"], ref["segm"])
+
+
+def test_baseline_matches_stock_exactly(dataset, tmp_path):
+    name, _ = dataset
+    ours = run(ms(name, str(tmp_path / "ms")), ranking_dets(), with_ms=False)
+    ref = run(stock(name, str(tmp_path / "stock")), ranking_dets(), with_ms=False)
+    assert set(ours) == {"bbox", "segm", "calibration"}
+    same(ours["bbox"], ref["bbox"])
+    same(ours["segm"], ref["segm"])
+    name_json = "coco_instances_results.json"
+    assert (tmp_path / "ms" / name_json).read_text() == (tmp_path / "stock" / name_json).read_text()
+    assert set(ours["calibration"]) == {"num_detections", "num_matched", "mean_true_iou"} | {
+        "pearson_scores",
+        "spearman_scores",
+    }
+    plain = run(ms(name, calibration=False), ranking_dets(), with_ms=False)
+    assert list(plain) == list(ref)
+
+
+def test_segm_only_task_and_results_file(dataset, tmp_path):
+    name, _ = dataset
+    out = str(tmp_path)
+    res = run(ms(name, out, tasks=("segm",)), ranking_dets())
+    assert set(res) == {"segm", "calibration"}
+    assert res["segm"]["AP"] == pytest.approx(100.0)
+    saved = read_json(os.path.join(out, "coco_instances_results.json"))
+    # The file keeps the classification score as "score" and the extra fields beside it.
+    assert [d["score"] for d in saved[:2]] == pytest.approx([0.6, 0.9])
+    assert [d["mask_score"] for d in saved[:2]] == pytest.approx([0.6 * 0.95, 0.9 * 0.3])
+    assert {d["category_id"] for d in saved} == {CAT_A, CAT_B}
+
+
+def test_calibration_against_brute_force(dataset, tmp_path):
+    from detectron2.evaluation import print_csv_format
+    from detectron2.evaluation.testing import flatten_results_dict
+
+    from ms_rcnn.evaluation import collect_calibration_data
+    from ms_rcnn.evaluation.ablation import load_coco_gt
+
+    name, gt_json = dataset
+    dets = calibration_dets()
+    out = str(tmp_path)
+    res = run(ms(name, out, distributed=True), dets, dtype=torch.float64)
+
+    # Per detection: pycocotools RLE IoU == numpy IoU on the full masks, same order as the dets.
+    saved = read_json(os.path.join(out, "coco_instances_results.json"))
+    data = collect_calibration_data(saved, load_coco_gt(gt_json))
+    order = [d for img in (1, 2, 3) for d in dets if d[0] == img]
+    truth = np.array([brute_true_iou(d[0], d[1], d[2]) for d in order])
+    np.testing.assert_allclose(data.true_iou, truth, rtol=0, atol=1e-12)
+    assert truth[[i for i, d in enumerate(order) if d[3] == 0.7]] == pytest.approx([3 / 8])
+
+    matched = truth > 0
+    score = np.array([d[3] for d in order])
+    piou = np.array([d[4] for d in order])
+    cal = res["calibration"]
+    assert cal["num_detections"] == len(dets) and cal["num_matched"] == matched.sum() == 9
+    assert cal["pearson_scores"] == pytest.approx(np.corrcoef(score[matched], truth[matched])[0, 1])
+    msc = (score * piou)[matched]
+    assert cal["pearson_mask_scores"] == pytest.approx(np.corrcoef(msc, truth[matched])[0, 1])
+
+    want = np.corrcoef(brute_rank(piou[matched]), brute_rank(truth[matched]))[0, 1]
+    assert cal["spearman_pred_maskiou"] == pytest.approx(want)
+    assert cal["mae_pred_maskiou"] == pytest.approx(np.abs(piou - truth)[matched].mean())
+    assert cal["mae_pred_maskiou_all"] == pytest.approx(np.abs(piou - truth).mean())
+
+    on_disk = read_json(os.path.join(out, "calibration.json"))
+    assert on_disk == pytest.approx(cal)
+    assert os.path.getsize(os.path.join(out, "maskiou_calibration.png")) > 1000
+    # Detectron2's tooling accepts the results: copypaste printing and EvalHook's float().
+    print_csv_format(res)
+    flat = {k: float(v) for k, v in flatten_results_dict(res).items()}
+    assert all(math.isfinite(v) for k, v in flat.items() if k.startswith("calibration/"))
+
+
+def test_perfect_predictor(dataset, tmp_path):
+    name, _ = dataset
+    dets = [(img, c, m, s, brute_true_iou(img, c, m)) for img, c, m, s, _ in calibration_dets()]
+    cal = run(ms(name, str(tmp_path)), dets, dtype=torch.float64)["calibration"]
+    assert cal["mae_pred_maskiou"] == pytest.approx(0.0, abs=1e-12)
+    assert cal["spearman_pred_maskiou"] == pytest.approx(1.0)
+    assert cal["pearson_pred_maskiou"] == pytest.approx(1.0)
+
+
+@pytest.mark.parametrize("tasks", [None, ("bbox", "segm")])
+def test_zero_detections(dataset, tmp_path, tasks):
+    from detectron2.evaluation import print_csv_format
+
+    name, _ = dataset
+    out = str(tmp_path)
+    res = run(ms(name, out, tasks=tasks), [])
+    assert math.isnan(res["bbox"]["AP"])
+    assert res["calibration"] == {"num_detections": 0.0, "num_matched": 0.0}
+    print_csv_format(res)
+    on_disk = read_json(os.path.join(out, "calibration.json"))
+    assert on_disk["num_matched"] == 0 and on_disk["pearson_scores"] is None
+    assert os.path.isfile(os.path.join(out, "maskiou_calibration.png"))
+
+
+def test_fast_impl_falls_back_with_a_log_line(dataset, caplog):
+    from ms_rcnn.evaluation import compiled_coco_eval_available
+
+    assert not compiled_coco_eval_available()  # this venv has the pure-Python build
+    with caplog.at_level("INFO", logger="ms_rcnn.evaluation.coco_evaluation"):
+        evaluator = ms(dataset[0], use_fast_impl=True)
+    assert evaluator._use_fast_impl is False
+    assert "use_fast_impl=False" in caplog.text
+    with pytest.raises(ValueError, match="segm_score_field"):
+        ms(dataset[0], segm_score_field="nope")
+
+
+def test_build_from_config(dataset):
+    from conftest import tiny_cfg
+
+    from ms_rcnn.evaluation import build_ms_rcnn_evaluator
+
+    cfg = tiny_cfg()
+    cfg.TEST.DETECTIONS_PER_IMAGE = 50
+    evaluator = build_ms_rcnn_evaluator(cfg, dataset[0])
+    assert evaluator._tasks == ("bbox", "segm")
+    assert evaluator._max_dets_per_image == [1, 10, 50]
+    assert run(evaluator, ranking_dets())["segm"]["AP"] == pytest.approx(100.0)
+
+
+def test_ablation_reproduces_the_evaluators(dataset, tmp_path):
+    from ms_rcnn.evaluation import evaluate_with_score_field, load_predictions
+    from ms_rcnn.evaluation.ablation import load_coco_gt
+
+    name, gt_json = dataset
+    out = str(tmp_path)
+    ours = run(ms(name, out), ranking_dets())
+    ref = run(stock(name), ranking_dets())
+    gt = load_coco_gt(gt_json)
+    for path in ("coco_instances_results.json", "instances_predictions.pth"):
+        preds = load_predictions(os.path.join(out, path), coco_gt=gt)
+        by_mask = evaluate_with_score_field(preds, gt, "mask_scores")
+        same(by_mask, {k: v for k, v in ours["segm"].items() if "-" not in k})
+        same(evaluate_with_score_field(preds, gt, "scores"), {k: ref["segm"][k] for k in by_mask})
+    baseline_preds = [{k: v for k, v in d.items() if k != "mask_score"} for d in preds]
+    with pytest.raises(KeyError):
+        evaluate_with_score_field(baseline_preds, gt, "mask_scores")
+    assert all(math.isnan(v) for v in evaluate_with_score_field([], gt, "scores").values())
+
+
+def test_ablate_cli(dataset, tmp_path, capsys):
+    from ms_rcnn.evaluation.cli import main
+
+    name, gt_json = dataset
+    out = tmp_path / "run"
+    run(ms(name, str(out)), ranking_dets())
+    report = tmp_path / "ablation.json"
+    argv = ["ablate", "--predictions", str(out), "--gt-json", gt_json, "--output", str(report)]
+    capsys.readouterr()  # drop the evaluator's COCOeval prints
+    assert main(argv) == 0
+    lines = capsys.readouterr().out.splitlines()
+    # AP by class score: class A (96/101) and class B (1) averaged, as in the first test.
+    by_score = f"{100 * (96 / 101 + 1) / 2:.2f}"
+    assert f"| scores | {by_score} | {by_score} |" in lines[4]
+    assert lines[5].startswith("| mask_scores | 100.00 |")
+    assert lines[5].endswith(f"| +{100 - float(by_score):.2f} |")
+    saved = json.loads(report.read_text())
+    assert list(saved) == ["scores", "mask_scores", "pred_maskiou"]
+    assert saved["mask_scores"]["AP"] == pytest.approx(100.0)
+
+
+def test_average_ranks_ties_and_degenerate_correlations():
+    from ms_rcnn.evaluation.calibration import average_ranks, pearson, spearman
+
+    np.testing.assert_array_equal(average_ranks([10, 20, 20, 30]), [1, 2.5, 2.5, 4])
+    np.testing.assert_array_equal(average_ranks([3, 1, 3, 3]), [3, 1, 3, 3])
+    assert pearson([1.0], [2.0]) is None
+    assert pearson([1, 1, 1], [1, 2, 3]) is None
+    assert spearman([], []) is None
+    assert spearman([1, 2, np.nan, 4], [1, 2, 3, 4]) == pytest.approx(1.0)
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    st.lists(
+        st.tuples(st.integers(0, 5), st.floats(-10, 10, allow_nan=False)), min_size=3, max_size=12
+    )
+)
+def test_spearman_matches_definition(pairs):
+    from ms_rcnn.evaluation.calibration import pearson, spearman
+
+    x = np.array([p[0] for p in pairs], dtype=float)
+    y = np.array([p[1] for p in pairs], dtype=float)
+
+    rx, ry = brute_rank(x), brute_rank(y)
+    if rx.std() == 0 or ry.std() == 0:
+        assert spearman(x, y) is None
+    else:
+        assert spearman(x, y) == pytest.approx(np.corrcoef(rx, ry)[0, 1], abs=1e-9)
+    if x.std() > 0 and y.std() > 1e-6:
+        assert pearson(x, y) == pytest.approx(np.corrcoef(x, y)[0, 1], abs=1e-9)

@@ -1,0 +1,138 @@
+#!/usr/bin/env python
+"""The CPU demo: train a baseline Mask R-CNN and MS R-CNN on generated data, compare their AP.
+
+    python tools/demo.py                  # one seed per arm, the configs' schedule (~25 min)
+    python tools/demo.py --iters 100      # a quick look (AP will be low)
+    python tools/demo.py --seeds 1 2 3    # the figures in the README
+
+Steps: generate the synthetic_shapes datasets (cached under $MS_RCNN_DATASETS or ./datasets),
+train each arm with the same seed through tools/train_net.py (one subprocess per run, full log
+in its output dir), evaluate on synthetic_shapes_val, then print the comparison table. A run
+whose results already exist for the same settings is not trained again, so an interrupted demo
+picks up where it stopped.
+"""
+
+import argparse
+import json
+import os
+import re
+import subprocess
+import sys
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ARMS = {
+    "mask_rcnn": "configs/demo/mask_rcnn_R_18_demo.yaml",
+    "ms_rcnn": "configs/demo/ms_rcnn_R_18_demo.yaml",
+}
+CALIBRATION_PLOT = "maskiou_calibration.png"
+ETA_LINE = re.compile(r"eta: (\S+)\s+iter: (\d+)\s+total_loss: ([\d.]+)")
+
+
+def parse_args():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--iters", type=int, default=None, help="training iterations per run")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[1], help="one run per seed")
+    parser.add_argument("--output-dir", default=os.path.join(ROOT, "output", "demo"))
+    parser.add_argument("--arms", nargs="+", default=list(ARMS), choices=list(ARMS))
+    parser.add_argument("--soft-nms", action="store_true", help="evaluate with Soft-NMS")
+    parser.add_argument("opts", nargs=argparse.REMAINDER, help="extra KEY VALUE config overrides")
+    return parser.parse_args()
+
+
+def run_overrides(args, seed):
+    opts = ["SEED", str(seed)]
+    if args.iters is not None:
+        if args.iters < 1:
+            raise SystemExit("--iters must be >= 1")
+        # Keep the schedule's shape: warm-up, then two LR drops at 75% and 92%.
+        steps = (max(1, int(args.iters * 0.75)), max(1, int(args.iters * 0.92)))
+        opts += ["SOLVER.MAX_ITER", str(args.iters), "SOLVER.STEPS", str(steps)]
+        opts += ["SOLVER.WARMUP_ITERS", str(min(100, max(1, args.iters // 5)))]
+    if args.soft_nms:
+        opts += ["TEST.SOFT_NMS.ENABLED", "True"]
+    return opts + list(args.opts)
+
+
+def is_done(out_dir, opts):
+    """A run is done if it saved results for exactly these settings."""
+    try:
+        with open(os.path.join(out_dir, "demo_run.json")) as f:
+            record = json.load(f)
+    except (OSError, ValueError):
+        return False
+    return record.get("opts") == opts and os.path.exists(os.path.join(out_dir, "eval_results.json"))
+
+
+def train_one(arm, seed, opts, out_dir, progress):
+    cmd = [sys.executable, os.path.join(ROOT, "tools", "train_net.py"), "--config-file",
+           os.path.join(ROOT, ARMS[arm]), *opts, "OUTPUT_DIR", out_dir]  # fmt: skip
+    os.makedirs(out_dir, exist_ok=True)
+    tail = []
+    with subprocess.Popen(
+        cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=ROOT
+    ) as proc:
+        for line in proc.stdout:
+            tail = (tail + [line])[-40:]
+            match = ETA_LINE.search(line)
+            if match:
+                eta, it, loss = match.groups()
+                progress(f"{arm} seed {seed}: iter {int(it) + 1}, loss {loss}, run eta {eta}")
+            elif "Evaluating predictions" in line or "Start inference" in line:
+                progress(f"{arm} seed {seed}: evaluating")
+    if proc.returncode != 0:
+        sys.stderr.write("".join(tail))
+        raise SystemExit(f"training {arm} (seed {seed}) failed; full log: {out_dir}/log.txt")
+    with open(os.path.join(out_dir, "demo_run.json"), "w") as f:
+        json.dump({"arm": arm, "seed": seed, "opts": opts, "config": ARMS[arm]}, f)
+
+
+def main():
+    args = parse_args()
+    from ms_rcnn.data import prepare_synthetic_datasets  # heavy imports after --help
+
+    start = time.time()
+    names = ["synthetic_shapes_train", "synthetic_shapes_val"]
+    for name, path in prepare_synthetic_datasets(names):
+        print(f"dataset {name}: {path}")
+    print(f"datasets ready in {time.time() - start:.0f} s", flush=True)
+
+    runs = [(arm, seed) for seed in args.seeds for arm in args.arms]
+    started = time.time()
+    for k, (arm, seed) in enumerate(runs):
+        out_dir = os.path.join(args.output_dir, f"{arm}_s{seed}")
+        opts = run_overrides(args, seed)
+        if is_done(out_dir, opts):
+            print(f"[{k + 1}/{len(runs)}] {arm} seed {seed}: results exist, skipping ({out_dir})")
+            continue
+        run_start = time.time()
+
+        def progress(msg, k=k):
+            elapsed = time.time() - started
+            print(f"[{k + 1}/{len(runs)}] {msg} | demo elapsed {elapsed / 60:.1f} min", flush=True)
+
+        train_one(arm, seed, opts, out_dir, progress)
+        minutes = (time.time() - run_start) / 60
+        print(f"[{k + 1}/{len(runs)}] {arm} seed {seed} done in {minutes:.1f} min", flush=True)
+
+    from ms_rcnn.evaluation.compare import comparison_table, load_arms, plot_comparison
+
+    specs = [
+        f"{arm}=" + ",".join(os.path.join(args.output_dir, f"{arm}_s{s}") for s in args.seeds)
+        for arm in args.arms
+    ]
+    arms = load_arms(specs)
+    table, _ = comparison_table(arms)
+    png = plot_comparison(arms, os.path.join(args.output_dir, "comparison.png"))
+    print("\n" + table)
+    print(f"\nbar chart: {png}")
+    for arm in args.arms:
+        for seed in args.seeds:
+            run_dir = os.path.join(args.output_dir, f"{arm}_s{seed}")
+            plot = os.path.join(run_dir, "inference", "synthetic_shapes_val", CALIBRATION_PLOT)
+            if os.path.exists(plot):
+                print(f"calibration plot ({arm}, seed {seed}): {plot}")
+
+
+if __name__ == "__main__":
+    main()
