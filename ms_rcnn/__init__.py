@@ -26,7 +26,9 @@ from .maskiou_head import (
     mask_iou_loss,
 )
 from .maskiou_targets import mask_iou_targets
-from .roi_heads import MaskScoringROIHeads
+from .roi_heads import MaskScoringROIHeads, SoftNMSROIHeads
+from .soft_nms import batched_soft_nms, soft_nms
+from .tta import MaskScoringRCNNWithTTA
 
 __all__ = [
     "__version__",
@@ -38,4 +40,8 @@ __all__ = [
     "mask_iou_loss",
     "mask_iou_inference",
     "MaskScoringROIHeads",
+    "SoftNMSROIHeads",
+    "MaskScoringRCNNWithTTA",
+    "soft_nms",
+    "batched_soft_nms",
 ]

@@ -15,6 +15,8 @@ from detectron2.engine import DefaultTrainer, default_setup, hooks
 from detectron2.evaluation import verify_results
 from detectron2.utils import comm
 
+from . import data  # noqa: F401  (registers the synthetic_shapes datasets for YAML configs)
+from .box_predictor import SoftNMSFastRCNNOutputLayers
 from .config import add_ms_rcnn_config
 from .evaluation import build_ms_rcnn_evaluator, save_eval_results
 from .tta import MaskScoringRCNNWithTTA
@@ -49,7 +51,7 @@ def check_soft_nms_supported(cfg, model) -> None:
     if not cfg.TEST.SOFT_NMS.ENABLED:
         return
     predictor = getattr(getattr(model, "roi_heads", None), "box_predictor", None)
-    if not getattr(predictor, "supports_soft_nms", False):
+    if not isinstance(predictor, SoftNMSFastRCNNOutputLayers):
         raise ValueError(
             f"TEST.SOFT_NMS.ENABLED=True, but MODEL.ROI_HEADS.NAME={cfg.MODEL.ROI_HEADS.NAME} "
             "runs Detectron2's hard NMS and would ignore it. Use MaskScoringROIHeads, or "

@@ -22,14 +22,37 @@ from detectron2.structures import Instances
 from detectron2.utils.events import get_event_storage
 from torch import nn
 
+from .box_predictor import SoftNMSFastRCNNOutputLayers
 from .maskiou_head import build_maskiou_head, mask_iou_inference, mask_iou_loss
 from .maskiou_targets import mask_iou_targets
 
-__all__ = ["MaskScoringROIHeads"]
+__all__ = ["SoftNMSROIHeads", "MaskScoringROIHeads"]
 
 
 @ROI_HEADS_REGISTRY.register()
-class MaskScoringROIHeads(StandardROIHeads):
+class SoftNMSROIHeads(StandardROIHeads):
+    """StandardROIHeads whose box predictor honours `TEST.SOFT_NMS` at test time.
+
+    With `TEST.SOFT_NMS.ENABLED: False` it is StandardROIHeads exactly: same parameters, same
+    initial weights for a given seed, same outputs. Use it as the plain Mask R-CNN baseline
+    when comparing with Soft-NMS, so both arms rank boxes the same way.
+    """
+
+    @classmethod
+    def _init_box_head(cls, cfg, input_shape):
+        ret = super()._init_box_head(cfg, input_shape)
+        # Swap in the Soft-NMS-capable predictor with the parent's initial weights. Building it
+        # under a forked RNG keeps the random stream, and so every later layer's initial
+        # weights, identical to StandardROIHeads for the same seed.
+        with torch.random.fork_rng(devices=[]):
+            predictor = SoftNMSFastRCNNOutputLayers(cfg, ret["box_head"].output_shape)
+        predictor.load_state_dict(ret["box_predictor"].state_dict())
+        ret["box_predictor"] = predictor
+        return ret
+
+
+@ROI_HEADS_REGISTRY.register()
+class MaskScoringROIHeads(SoftNMSROIHeads):
     """StandardROIHeads whose detections also get `pred_maskiou` and `mask_scores`.
 
     Training adds `loss_maskiou`; inference adds, per detection, `pred_maskiou` (predicted IoU

@@ -233,3 +233,37 @@ def test_test_time_augmentation_keeps_mask_scores():
         assert inst.has("pred_maskiou") and inst.has("pred_masks")
         torch.testing.assert_close(inst.mask_scores, inst.scores * inst.pred_maskiou)
         assert (inst.pred_maskiou >= 0).all() and (inst.pred_maskiou <= 1).all()
+
+
+def test_soft_nms_roi_heads_equal_standard_when_disabled():
+    torch.manual_seed(3)
+    standard = build_model(tiny_cfg("StandardROIHeads"))
+    torch.manual_seed(3)
+    soft = build_model(tiny_cfg("SoftNMSROIHeads"))
+    for (name, a), (_, b) in zip(standard.state_dict().items(), soft.state_dict().items()):
+        torch.testing.assert_close(a, b, msg=name)
+    batch = make_batch()
+    for a, b in zip(infer(standard, batch), infer(soft, batch)):
+        torch.testing.assert_close(a.scores, b.scores)
+        torch.testing.assert_close(a.pred_masks, b.pred_masks)
+
+
+def test_ms_rcnn_shares_initial_weights_with_baseline():
+    # Same seed: every layer the two models share starts from the same weights.
+    torch.manual_seed(5)
+    baseline = build_model(tiny_cfg("StandardROIHeads")).state_dict()
+    torch.manual_seed(5)
+    ms = build_model(tiny_cfg("MaskScoringROIHeads")).state_dict()
+    for name, value in baseline.items():
+        torch.testing.assert_close(ms[name], value, msg=name)
+
+
+def test_soft_nms_on_standard_roi_heads_is_refused():
+    from ms_rcnn.engine import check_soft_nms_supported
+
+    cfg = tiny_cfg("StandardROIHeads")
+    cfg.TEST.SOFT_NMS.ENABLED = True
+    with pytest.raises(ValueError, match="SoftNMSROIHeads"):
+        check_soft_nms_supported(cfg, build_model(cfg))
+    cfg.MODEL.ROI_HEADS.NAME = "MaskScoringROIHeads"
+    check_soft_nms_supported(cfg, build_model(cfg))

@@ -89,12 +89,12 @@ def train_one(arm, seed, opts, out_dir, progress):
 
 def main():
     args = parse_args()
-    from ms_rcnn.data import prepare_synthetic_datasets  # heavy imports after --help
+    from ms_rcnn.data import prepare_synthetic_dataset  # heavy imports after --help
 
     start = time.time()
     names = ["synthetic_shapes_train", "synthetic_shapes_val"]
-    for name, path in prepare_synthetic_datasets(names):
-        print(f"dataset {name}: {path}")
+    for name in names:
+        print(f"dataset {name}: {prepare_synthetic_dataset(name)}")
     print(f"datasets ready in {time.time() - start:.0f} s", flush=True)
 
     runs = [(arm, seed) for seed in args.seeds for arm in args.arms]
