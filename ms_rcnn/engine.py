@@ -114,6 +114,10 @@ def setup(args):
         )
     cfg.freeze()
     default_setup(cfg, args)
+    if cfg.MODEL.DEVICE == "cpu":
+        # Tiny values (denormal floats) appear in weights and gradients as training goes on;
+        # CPUs process them up to 100x slower, which made CPU steps grow from 0.5 s to 5 s.
+        torch.set_flush_denormal(True)
     return cfg
 
 
