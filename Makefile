@@ -9,6 +9,7 @@ PIP := $(PY) -m pip --disable-pip-version-check
 STAMPS := $(VENV)/.stamps
 PYTEST_ARGS ?=
 DEMO_ITERS ?=
+DEMO_SEEDS ?= 1
 
 .PHONY: setup test lint format demo clean-venv help
 
@@ -49,7 +50,7 @@ test: lint
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 demo: setup
-	$(PY) tools/demo.py $(if $(DEMO_ITERS),--iters $(DEMO_ITERS),)
+	$(PY) tools/demo.py --seeds $(DEMO_SEEDS) $(if $(DEMO_ITERS),--iters $(DEMO_ITERS),)
 
 clean-venv:
 	rm -rf $(VENV)
