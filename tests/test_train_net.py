@@ -21,10 +21,10 @@ TINY = [
 ]  # fmt: skip
 
 
-def run_train_net(tmp_path, config, *opts):
+def run_train_net(tmp_path, config, *opts, flags=()):
     env = dict(os.environ, MS_RCNN_DATASETS=str(tmp_path / "datasets"))
     cmd = [sys.executable, str(ROOT / "tools" / "train_net.py"), "--config-file",
-           str(ROOT / "configs" / "demo" / config), *TINY, *opts]  # fmt: skip
+           str(ROOT / "configs" / "demo" / config), *flags, *TINY, *opts]  # fmt: skip
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=tmp_path)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     return proc
@@ -45,8 +45,9 @@ def test_train_then_evaluate_ms_rcnn(tmp_path):
     # --eval-only from the checkpoint it wrote gives the same results.
     again = tmp_path / "ms_eval"
     run_train_net(
-        tmp_path, "ms_rcnn_R_18_demo.yaml", "--eval-only",
+        tmp_path, "ms_rcnn_R_18_demo.yaml",
         "MODEL.WEIGHTS", str(out / "model_final.pth"), "OUTPUT_DIR", str(again),
+        flags=["--eval-only"],
     )  # fmt: skip
     rerun = json.loads((again / "eval_results.json").read_text())
     assert rerun == results

@@ -54,20 +54,45 @@ def run_overrides(args, seed):
     return opts + list(args.opts)
 
 
-def is_done(out_dir, opts):
-    """A run is done if it saved results for exactly these settings."""
+def read_record(out_dir):
     try:
         with open(os.path.join(out_dir, "demo_run.json")) as f:
-            record = json.load(f)
+            return json.load(f)
     except (OSError, ValueError):
+        return None
+
+
+def is_done(out_dir, opts):
+    """A run is done if it saved results for exactly these settings."""
+    record = read_record(out_dir)
+    if not record or record.get("opts") != opts:
         return False
-    return record.get("opts") == opts and os.path.exists(os.path.join(out_dir, "eval_results.json"))
+    return os.path.exists(os.path.join(out_dir, "eval_results.json"))
+
+
+def prepare_run_dir(out_dir, arm, seed, opts):
+    """Return True to resume an interrupted run with the same settings. A folder holding a
+    run with other settings is moved aside (never deleted): nothing trained is lost."""
+    record = read_record(out_dir)
+    if record is not None and record.get("opts") == opts:
+        return True
+    if os.path.exists(out_dir) and os.listdir(out_dir):
+        aside = f"{out_dir}.old-{time.strftime('%Y%m%d-%H%M%S')}"
+        os.rename(out_dir, aside)
+        print(f"{out_dir} held a run with other settings; moved it to {aside}")
+    os.makedirs(out_dir, exist_ok=True)
+    with open(os.path.join(out_dir, "demo_run.json"), "w") as f:
+        json.dump({"arm": arm, "seed": seed, "opts": opts, "config": ARMS[arm]}, f)
+    return False
 
 
 def train_one(arm, seed, opts, out_dir, progress):
+    resume = prepare_run_dir(out_dir, arm, seed, opts)
     cmd = [sys.executable, os.path.join(ROOT, "tools", "train_net.py"), "--config-file",
-           os.path.join(ROOT, ARMS[arm]), *opts, "OUTPUT_DIR", out_dir]  # fmt: skip
-    os.makedirs(out_dir, exist_ok=True)
+           os.path.join(ROOT, ARMS[arm]), *(["--resume"] if resume else []),
+           *opts, "OUTPUT_DIR", out_dir]  # fmt: skip
+    if resume:
+        progress(f"{arm} seed {seed}: resuming the interrupted run in {out_dir}")
     tail = []
     with subprocess.Popen(
         cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=ROOT
@@ -83,8 +108,6 @@ def train_one(arm, seed, opts, out_dir, progress):
     if proc.returncode != 0:
         sys.stderr.write("".join(tail))
         raise SystemExit(f"training {arm} (seed {seed}) failed; full log: {out_dir}/log.txt")
-    with open(os.path.join(out_dir, "demo_run.json"), "w") as f:
-        json.dump({"arm": arm, "seed": seed, "opts": opts, "config": ARMS[arm]}, f)
 
 
 def main():

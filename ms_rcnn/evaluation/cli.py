@@ -105,6 +105,11 @@ def _ground_truth(args):
     import detectron2.data  # noqa: F401  (registers Detectron2's builtin datasets)
     from detectron2.data import MetadataCatalog
 
+    from ..data import SYNTHETIC_DATASETS, prepare_synthetic_dataset
+
+    if args.dataset in SYNTHETIC_DATASETS:
+        prepare_synthetic_dataset(args.dataset)  # generated lazily: make sure the JSON exists
+
     meta = MetadataCatalog.get(args.dataset)
     json_file = meta.get("json_file")
     if json_file is None:

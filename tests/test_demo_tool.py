@@ -1,0 +1,61 @@
+"""tools/demo.py's schedule scaling and its skip-if-done rule (the training itself is
+exercised by tests/test_train_net.py)."""
+
+import importlib.util
+import json
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="module")
+def demo():
+    spec = importlib.util.spec_from_file_location("demo", ROOT / "tools" / "demo.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_iters_scale_the_schedule(demo):
+    args = SimpleNamespace(iters=200, soft_nms=True, opts=["MODEL.X", "1"])
+    opts = demo.run_overrides(args, seed=3)
+    pairs = dict(zip(opts[::2], opts[1::2]))
+    assert pairs["SEED"] == "3"
+    assert pairs["SOLVER.MAX_ITER"] == "200"
+    assert pairs["SOLVER.STEPS"] == "(150, 184)"
+    assert pairs["SOLVER.WARMUP_ITERS"] == "40"
+    assert pairs["TEST.SOFT_NMS.ENABLED"] == "True"
+    assert opts[-2:] == ["MODEL.X", "1"]
+    assert demo.run_overrides(SimpleNamespace(iters=None, soft_nms=False, opts=[]), 1) == [
+        "SEED",
+        "1",
+    ]
+    with pytest.raises(SystemExit, match="--iters"):
+        demo.run_overrides(SimpleNamespace(iters=0, soft_nms=False, opts=[]), 1)
+
+
+def test_a_run_is_done_only_with_results_for_the_same_settings(demo, tmp_path):
+    opts = ["SEED", "1"]
+    assert not demo.is_done(tmp_path, opts)
+    (tmp_path / "demo_run.json").write_text(json.dumps({"opts": opts}))
+    assert not demo.is_done(tmp_path, opts)  # no results yet: training was interrupted
+    (tmp_path / "eval_results.json").write_text("{}")
+    assert demo.is_done(tmp_path, opts)
+    assert not demo.is_done(tmp_path, ["SEED", "2"])
+    (tmp_path / "demo_run.json").write_text("{truncated")
+    assert not demo.is_done(tmp_path, opts)
+
+
+def test_other_settings_are_moved_aside_not_deleted(demo, tmp_path):
+    run = tmp_path / "ms_rcnn_s1"
+    run.mkdir()
+    (run / "model_final.pth").write_text("weights")
+    (run / "demo_run.json").write_text(json.dumps({"opts": ["SEED", "1"]}))
+    assert demo.prepare_run_dir(str(run), "ms_rcnn", 1, ["SEED", "1"]) is True  # resume
+    assert demo.prepare_run_dir(str(run), "ms_rcnn", 1, ["SEED", "1", "X", "2"]) is False
+    aside = [p for p in tmp_path.iterdir() if p.name.startswith("ms_rcnn_s1.old-")]
+    assert len(aside) == 1 and (aside[0] / "model_final.pth").read_text() == "weights"
+    assert json.loads((run / "demo_run.json").read_text())["opts"] == ["SEED", "1", "X", "2"]
