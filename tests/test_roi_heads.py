@@ -267,3 +267,28 @@ def test_soft_nms_on_standard_roi_heads_is_refused():
         check_soft_nms_supported(cfg, build_model(cfg))
     cfg.MODEL.ROI_HEADS.NAME = "MaskScoringROIHeads"
     check_soft_nms_supported(cfg, build_model(cfg))
+
+
+@pytest.mark.parametrize("roi_heads", ["SoftNMSROIHeads", "MaskScoringROIHeads"])
+def test_soft_nms_switch_is_test_only(roi_heads):
+    models = {}
+    for enabled in (False, True):
+        cfg = tiny_cfg(roi_heads)
+        cfg.TEST.SOFT_NMS.ENABLED = enabled
+        cfg.MODEL.ROI_HEADS.SCORE_THRESH_TEST = 0.0
+        cfg.TEST.DETECTIONS_PER_IMAGE = 7
+        torch.manual_seed(0)
+        models[enabled] = build_model(cfg)
+    batch = make_batch()
+    torch.manual_seed(1)
+    off, _ = train_losses(models[False], batch)
+    torch.manual_seed(1)
+    on, _ = train_losses(models[True], batch)
+    assert off.keys() == on.keys()
+    for key in off:  # training (RPN included) does not change
+        torch.testing.assert_close(off[key], on[key])
+    for out in infer(models[True], batch):
+        assert 0 < len(out) <= 7
+        assert (out.scores[:-1] >= out.scores[1:]).all()  # decayed scores, sorted
+        if roi_heads == "MaskScoringROIHeads":
+            torch.testing.assert_close(out.mask_scores, out.scores * out.pred_maskiou)
