@@ -28,6 +28,9 @@ def test_iters_scale_the_schedule(demo):
     assert pairs["SOLVER.STEPS"] == "(150, 184)"
     assert pairs["SOLVER.WARMUP_ITERS"] == "40"
     assert pairs["TEST.SOFT_NMS.ENABLED"] == "True"
+    assert "MODEL.ROI_HEADS.NAME" not in pairs
+    baseline = dict(zip(*[iter(demo.run_overrides(args, 3, "mask_rcnn"))] * 2))
+    assert baseline["MODEL.ROI_HEADS.NAME"] == "SoftNMSROIHeads"  # else it would be refused
     assert opts[-2:] == ["MODEL.X", "1"]
     assert demo.run_overrides(SimpleNamespace(iters=None, soft_nms=False, opts=[]), 1) == [
         "SEED",

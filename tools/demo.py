@@ -40,7 +40,7 @@ def parse_args():
     return parser.parse_args()
 
 
-def run_overrides(args, seed):
+def run_overrides(args, seed, arm="ms_rcnn"):
     opts = ["SEED", str(seed)]
     if args.iters is not None:
         if args.iters < 1:
@@ -51,6 +51,8 @@ def run_overrides(args, seed):
         opts += ["SOLVER.WARMUP_ITERS", str(min(100, max(1, args.iters // 5)))]
     if args.soft_nms:
         opts += ["TEST.SOFT_NMS.ENABLED", "True"]
+        if arm == "mask_rcnn":  # StandardROIHeads plus the Soft-NMS box predictor, nothing else
+            opts += ["MODEL.ROI_HEADS.NAME", "SoftNMSROIHeads"]
     return opts + list(args.opts)
 
 
@@ -124,7 +126,7 @@ def main():
     started = time.time()
     for k, (arm, seed) in enumerate(runs):
         out_dir = os.path.join(args.output_dir, f"{arm}_s{seed}")
-        opts = run_overrides(args, seed)
+        opts = run_overrides(args, seed, arm)
         if is_done(out_dir, opts):
             print(f"[{k + 1}/{len(runs)}] {arm} seed {seed}: results exist, skipping ({out_dir})")
             continue
