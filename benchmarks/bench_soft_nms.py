@@ -180,7 +180,7 @@ def calibrate_frozen_bn(model, inputs):
 
 
 def e2e_rows(args):
-    from ms_rcnn.box_predictor import soft_nms_box_predictor
+    from ms_rcnn.box_predictor import SoftNMSFastRCNNOutputLayers
 
     g = torch.Generator().manual_seed(args.seed)
     image = torch.randint(0, 256, (3, 800, 1333), generator=g, dtype=torch.uint8)
@@ -190,7 +190,7 @@ def e2e_rows(args):
     heads = model.roi_heads
     hard = heads.box_predictor
     cfg.TEST.SOFT_NMS.ENABLED = True
-    soft = soft_nms_box_predictor(cfg, heads.box_head.output_shape)
+    soft = SoftNMSFastRCNNOutputLayers(cfg, heads.box_head.output_shape)
     soft.load_state_dict(hard.state_dict())
 
     # The candidate scores, to report counts and to pick a threshold leaving ~1000 of them.

@@ -16,7 +16,6 @@ from .soft_nms import batched_soft_nms, check_soft_nms_args
 __all__ = [
     "SoftNMSFastRCNNOutputLayers",
     "fast_rcnn_inference_soft_nms",
-    "soft_nms_box_predictor",
 ]
 
 _CONFIG_KEYS = (
@@ -211,15 +210,3 @@ class SoftNMSFastRCNNOutputLayers(FastRCNNOutputLayers):
             self.soft_nms_score_threshold,
             self.test_topk_per_image,
         )
-
-
-def soft_nms_box_predictor(cfg, input_shape) -> SoftNMSFastRCNNOutputLayers:
-    """Build the box predictor for `StandardROIHeads._init_box_head` from a config.
-
-    A drop-in for `FastRCNNOutputLayers(cfg, box_head.output_shape)`.
-
-    Args:
-        cfg: a config with ms-rcnn's keys (`add_ms_rcnn_config`).
-        input_shape: ShapeSpec of the box head's output.
-    """
-    return SoftNMSFastRCNNOutputLayers(cfg, input_shape)

@@ -103,7 +103,7 @@ def setup(args):
     cfg = get_cfg()
     add_ms_rcnn_config(cfg)
     if not args.config_file:
-        raise ValueError("--config-file is required (e.g. configs/demo/ms_rcnn_tiny.yaml)")
+        raise ValueError("--config-file is required (e.g. configs/demo/ms_rcnn_R_18_demo.yaml)")
     if not os.path.isfile(args.config_file):
         raise FileNotFoundError(f"--config-file {args.config_file}: no such file")
     cfg.merge_from_file(args.config_file)

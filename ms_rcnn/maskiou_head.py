@@ -225,10 +225,9 @@ def mask_iou_inference(
             f"mask_iou_inference: {pred_maskiou.shape[0]} predictions for "
             f"{sum(num_per_image)} detections"
         )
-    classes = cat([x.pred_classes for x in pred_instances]) if pred_instances else None
-    if classes is None:
+    if not pred_instances:
         return
-    maskiou = select_class_column(pred_maskiou, classes)
+    maskiou = select_class_column(pred_maskiou, cat([x.pred_classes for x in pred_instances]))
     if clamp:
         maskiou = maskiou.clamp(0.0, 1.0)
     for instances, iou in zip(pred_instances, maskiou.split(num_per_image)):

@@ -23,7 +23,12 @@ from detectron2.utils.events import get_event_storage
 from torch import nn
 
 from .box_predictor import SoftNMSFastRCNNOutputLayers
-from .maskiou_head import build_maskiou_head, mask_iou_inference, mask_iou_loss
+from .maskiou_head import (
+    build_maskiou_head,
+    mask_iou_inference,
+    mask_iou_loss,
+    select_class_column,
+)
 from .maskiou_targets import mask_iou_targets
 
 __all__ = ["SoftNMSROIHeads", "MaskScoringROIHeads"]
@@ -187,7 +192,7 @@ class MaskScoringROIHeads(SoftNMSROIHeads):
         positive = targets > 0
         storage.put_scalar("maskiou/num_pos", float(positive.sum()))
         if bool(positive.any()):
-            pred = pred_maskiou[positive].gather(1, gt_classes[positive].view(-1, 1)).squeeze(1)
+            pred = select_class_column(pred_maskiou[positive], gt_classes[positive])
             storage.put_scalar("maskiou/mean_target", float(targets[positive].mean()))
             storage.put_scalar("maskiou/mean_pred", float(pred.mean()))
             storage.put_scalar("maskiou/abs_error", float((pred - targets[positive]).abs().mean()))

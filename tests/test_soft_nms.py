@@ -21,7 +21,6 @@ from torchvision.ops import batched_nms, nms
 from ms_rcnn.box_predictor import (
     SoftNMSFastRCNNOutputLayers,
     fast_rcnn_inference_soft_nms,
-    soft_nms_box_predictor,
 )
 from ms_rcnn.soft_nms import batched_soft_nms, soft_nms
 
@@ -363,7 +362,7 @@ def _swap_in_soft_nms_predictor(model, cfg):
     """Replace the box predictor like the ROI heads will, keeping its weights."""
     state = model.roi_heads.box_predictor.state_dict()
     shape = model.roi_heads.box_head.output_shape
-    model.roi_heads.box_predictor = soft_nms_box_predictor(cfg, shape)
+    model.roi_heads.box_predictor = SoftNMSFastRCNNOutputLayers(cfg, shape)
     model.roi_heads.box_predictor.load_state_dict(state)
     return model
 
@@ -454,4 +453,4 @@ def test_config_validation(key, value, message):
     cfg = tiny_cfg()
     cfg.TEST.SOFT_NMS[key] = value
     with pytest.raises(ValueError, match=message):
-        soft_nms_box_predictor(cfg, ShapeSpec(channels=8))
+        SoftNMSFastRCNNOutputLayers(cfg, ShapeSpec(channels=8))

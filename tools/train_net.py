@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Train or evaluate Mask R-CNN / Mask Scoring R-CNN with Detectron2's usual command line.
 
-    python tools/train_net.py --config-file configs/demo/ms_rcnn_tiny.yaml OUTPUT_DIR out/ms
+    python tools/train_net.py --config-file configs/demo/ms_rcnn_R_18_demo.yaml OUTPUT_DIR out/ms
     python tools/train_net.py --config-file CONFIG --eval-only MODEL.WEIGHTS out/ms/model_final.pth
     python tools/train_net.py --config-file CONFIG --num-gpus 8 --resume
 
