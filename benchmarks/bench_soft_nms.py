@@ -15,7 +15,6 @@ Run from the repository root: python benchmarks/bench_soft_nms.py [--repeats 7] 
 
 import argparse
 import os
-import platform
 import statistics
 import sys
 import time
@@ -26,8 +25,10 @@ from torchvision.ops import batched_nms
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 sys.path.insert(0, ROOT)
+sys.path.insert(0, HERE)
 sys.path.insert(0, os.path.join(ROOT, "tests"))
 
+from common import build_r50_fpn, calibrate_frozen_bn, machine, median_ms  # noqa: E402
 from test_soft_nms import reference_soft_nms  # noqa: E402  (the one plain-loop reference)
 
 from ms_rcnn.soft_nms import batched_soft_nms  # noqa: E402
@@ -78,28 +79,6 @@ def candidates(boxes, scores, score_thresh):
     return boxes[mask], scores[mask], inds[:, 1]
 
 
-def median_ms(fns, repeats, min_sample_s=0.05):
-    """Median milliseconds per call of each function in `fns` (name -> callable).
-
-    The functions take turns within each repeat, so a change in machine load (the cores are
-    shared) hits all of them alike. A sample is the mean over enough calls to last about
-    `min_sample_s`, so millisecond calls are not dominated by timer and scheduler noise.
-    """
-    number = {}
-    for name, fn in fns.items():
-        start = time.perf_counter()
-        fn()  # warm-up and calibration
-        number[name] = max(1, int(min_sample_s / max(time.perf_counter() - start, 1e-6)))
-    samples = {name: [] for name in fns}
-    for _ in range(repeats):
-        for name, fn in fns.items():
-            start = time.perf_counter()
-            for _ in range(number[name]):
-                fn()
-            samples[name].append((time.perf_counter() - start) / number[name])
-    return {name: 1000 * statistics.median(times) for name, times in samples.items()}
-
-
 def micro_rows(args):
     boxes, scores = detection_workload(seed=args.seed)
     rows = []
@@ -135,57 +114,13 @@ def _implementations(b, s, c):
     }
 
 
-def build_mask_rcnn(score_thresh):
-    from detectron2.config import get_cfg
-    from detectron2.modeling import build_model
-
-    from ms_rcnn import add_ms_rcnn_config
-
-    cfg = get_cfg()
-    add_ms_rcnn_config(cfg)
-    cfg.merge_from_file(os.path.join(ROOT, "configs", "Base-RCNN-FPN.yaml"))
-    cfg.MODEL.DEVICE = "cpu"
-    cfg.MODEL.WEIGHTS = ""
-    cfg.MODEL.MASK_ON = True
-    cfg.MODEL.RESNETS.DEPTH = 50
-    cfg.MODEL.ROI_HEADS.NUM_CLASSES = 80
-    cfg.MODEL.ROI_HEADS.SCORE_THRESH_TEST = score_thresh
-    torch.manual_seed(0)
-    return cfg, build_model(cfg).eval()
-
-
-def calibrate_frozen_bn(model, inputs):
-    """Set every FrozenBatchNorm's statistics to its input's, in one pass (data-dependent init).
-
-    With random weights and identity BN statistics, the activations of a 50-layer ResNet blow
-    up, the RPN's boxes all cover the whole image and NMS leaves a single proposal. Normalized
-    activations give the usual ~1000 diverse proposals, so the heads see a realistic load.
-    """
-    from detectron2.layers import FrozenBatchNorm2d
-
-    def set_stats(module, args):
-        x = args[0]
-        module.running_mean.copy_(x.mean(dim=(0, 2, 3)))
-        module.running_var.copy_(x.var(dim=(0, 2, 3)))
-
-    hooks = [
-        m.register_forward_pre_hook(set_stats)
-        for m in model.modules()
-        if isinstance(m, FrozenBatchNorm2d)
-    ]
-    with torch.no_grad():
-        model(inputs)
-    for h in hooks:
-        h.remove()
-
-
 def e2e_rows(args):
     from ms_rcnn.box_predictor import SoftNMSFastRCNNOutputLayers
 
     g = torch.Generator().manual_seed(args.seed)
     image = torch.randint(0, 256, (3, 800, 1333), generator=g, dtype=torch.uint8)
     inputs = [{"image": image, "height": 800, "width": 1333}]
-    cfg, model = build_mask_rcnn(0.001)
+    cfg, model = build_r50_fpn(0.001)
     calibrate_frozen_bn(model, inputs)
     heads = model.roi_heads
     hard = heads.box_predictor
@@ -256,17 +191,6 @@ def _record_inference_time(predictor, sink):
     predictor.inference = timed
 
 
-def machine():
-    cpu = platform.processor() or "unknown CPU"
-    try:
-        with open("/proc/cpuinfo") as f:
-            names = [line.split(":", 1)[1].strip() for line in f if line.startswith("model name")]
-        cpu = f"{names[0]} ({len(names)} logical CPUs)" if names else cpu
-    except OSError:
-        pass
-    return cpu
-
-
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--repeats", type=int, default=7, help="timed runs per micro row")
@@ -278,7 +202,7 @@ def main():
     if args.threads:
         torch.set_num_threads(args.threads)
 
-    print(f"Machine: {machine()}; torch {torch.__version__}; {torch.get_num_threads()} threads")
+    print(f"Machine: {machine()}")
     print(f"Command: python {' '.join(sys.argv)}\n")
     print("Soft-NMS of the per-class candidates of 1000 proposals x 80 classes, median of")
     print(f"{args.repeats} runs (sigma 0.5, linear IoU threshold 0.3, score threshold 0.001).\n")

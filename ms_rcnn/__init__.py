@@ -18,6 +18,7 @@ except ImportError as e:
     ) from e
 
 from .config import add_ms_rcnn_config
+from .mask_scoring import MaskScoringMixin
 from .maskiou_head import (
     ROI_MASKIOU_HEAD_REGISTRY,
     MaskIoUHead,
@@ -25,7 +26,7 @@ from .maskiou_head import (
     mask_iou_inference,
     mask_iou_loss,
 )
-from .maskiou_targets import mask_iou_targets
+from .maskiou_targets import gt_mask_crops, mask_iou_targets
 from .roi_heads import MaskScoringROIHeads, SoftNMSROIHeads
 from .soft_nms import batched_soft_nms, soft_nms
 from .tta import MaskScoringRCNNWithTTA
@@ -37,8 +38,10 @@ __all__ = [
     "MaskIoUHead",
     "build_maskiou_head",
     "mask_iou_targets",
+    "gt_mask_crops",
     "mask_iou_loss",
     "mask_iou_inference",
+    "MaskScoringMixin",
     "MaskScoringROIHeads",
     "SoftNMSROIHeads",
     "MaskScoringRCNNWithTTA",

@@ -12,13 +12,14 @@ target, vectorized over RoIs (the reference implementations loop over RoIs on th
 from __future__ import annotations
 
 import math
-from typing import List
+from typing import List, Optional
 
 import numpy as np
 import torch
+from detectron2.layers import ROIAlign
 from detectron2.structures import BitMasks, Instances, PolygonMasks
 
-__all__ = ["mask_iou_targets"]
+__all__ = ["mask_iou_targets", "gt_mask_crops"]
 
 # Floors, as in the official code (after its fix): r is floored so G_in / r stays finite, and the
 # union is at least one M x M pixel so the division is always defined.
@@ -26,12 +27,15 @@ _RATIO_EPS = 1e-10
 _MIN_UNION = 1.0
 
 # Bound (in elements) on the working buffers of the bitmask path, which is processed in chunks of
-# RoIs (or of box rows) so that 128 RoIs of 800 x 1333 need tens of MB, not ~550 MB of float32.
+# distinct GT masks, so that an image with 100 GT instances of 800 x 1333 needs tens of MB.
 _BITMASK_CHUNK_ELEMS = 1 << 22
 
 
 def mask_iou_targets(
-    pred_mask_logits: torch.Tensor, instances: List[Instances], mask_threshold: float = 0.0
+    pred_mask_logits: torch.Tensor,
+    instances: List[Instances],
+    mask_threshold: float = 0.0,
+    gt_crops: Optional[torch.Tensor] = None,
 ) -> torch.Tensor:
     """Area-ratio MaskIoU targets for the foreground proposals of a batch.
 
@@ -63,6 +67,8 @@ def mask_iou_targets(
             ``PolygonMasks``; the matched GT instance of each proposal) and, when K > 1,
             ``gt_classes`` (int64, in [0, K)).
         mask_threshold: logit threshold for binarizing the prediction (strict ``>``).
+        gt_crops: optional (R, M, M) bool G_in crops, i.e. ``cat(gt_mask_crops(instances, M))``,
+            when the caller has them already (the mask loss needs the same crops).
 
     Returns:
         (R,) float32 targets in [0, 1] on ``pred_mask_logits.device``, without grad.
@@ -91,7 +97,7 @@ def mask_iou_targets(
     required = ("proposal_boxes", "gt_masks") + (("gt_classes",) if class_specific else ())
 
     with torch.no_grad():
-        crops, ratios, classes = [], [], []
+        ratios, classes = [], []
         for i, inst in enumerate(instances):
             if len(inst) == 0:
                 continue
@@ -104,20 +110,15 @@ def mask_iou_targets(
                 raise ValueError(
                     f"instances[{i}]: {len(gt_masks)} gt_masks for {len(boxes)} proposals"
                 )
-            # G_in uses the crop Detectron2's mask_rcnn_loss trains against: aligned RoIAlign
-            # >= 0.5 for bitmasks, pycocotools rasterization at M x M for polygons.
             if isinstance(gt_masks, BitMasks):
-                crop = _chunked_bitmask_crop(gt_masks.tensor, boxes, mask_size)
-                ratio = _bitmask_area_ratio(gt_masks.tensor, boxes)
+                ratio = _bitmask_area_ratio(*_distinct_bitmasks(inst), boxes)
             elif isinstance(gt_masks, PolygonMasks):
-                crop = gt_masks.crop_and_resize(boxes, mask_size)
                 ratio = _polygon_area_ratio(gt_masks.polygons, boxes)
             else:
                 raise TypeError(
                     f"instances[{i}].gt_masks is {type(gt_masks).__name__}; expected BitMasks "
                     "or PolygonMasks"
                 )
-            crops.append(crop.to(device))
             ratios.append(ratio.to(device=device, dtype=torch.float32))
             if class_specific:
                 classes.append(inst.gt_classes.to(device=device, dtype=torch.int64))
@@ -136,7 +137,17 @@ def mask_iou_targets(
         else:
             chosen = logits[:, 0]
         pred = chosen.detach() > mask_threshold  # (R, M, M) bool
-        crop = torch.cat(crops)  # (R, M, M) bool
+        # G_in uses the crop Detectron2's mask_rcnn_loss trains against: aligned RoIAlign >= 0.5
+        # for bitmasks, pycocotools rasterization at M x M for polygons.
+        if gt_crops is None:
+            crop = torch.cat(gt_mask_crops(instances, mask_size)).to(device)
+        elif gt_crops.shape != pred.shape or gt_crops.dtype != torch.bool:
+            raise ValueError(
+                f"gt_crops must be a bool tensor of shape {tuple(pred.shape)}, got "
+                f"{gt_crops.dtype} {tuple(gt_crops.shape)}"
+            )
+        else:
+            crop = gt_crops.to(device)
         ratio = torch.cat(ratios)  # (R,), NaN-free, in [0, 1]; 0 also flags a zero-area GT
 
         p = pred.flatten(1).sum(1).float()
@@ -150,106 +161,119 @@ def mask_iou_targets(
         return torch.where(ratio > 0, target, torch.zeros_like(target))
 
 
-def _chunked_bitmask_crop(masks: torch.Tensor, boxes: torch.Tensor, size: int) -> torch.Tensor:
-    """``BitMasks.crop_and_resize`` over chunks of RoIs: the same function, so the same crops (each
-    RoI's crop depends only on its own mask), but it converts only a chunk of image-size masks to
-    float at a time (all at once is ~550 MB for 128 RoIs at 800 x 1333, and slower).
+def gt_mask_crops(instances: List[Instances], mask_size: int) -> List[torch.Tensor]:
+    """The GT mask of each foreground proposal cropped to its box at ``mask_size``, per image.
+
+    Exactly ``gt_masks.crop_and_resize(proposal_boxes.tensor, mask_size)``, the mask loss's
+    target, computed once so the mask loss and the MaskIoU targets share it. For ``BitMasks``
+    with a ``gt_index`` field (the matched GT's index in the image, which
+    ``MaskScoringMixin.label_and_sample_proposals`` adds), each distinct GT mask is converted to
+    float once instead of once per proposal: the same RoIAlign over the same values, so the same
+    bits, without converting ~128 copies of an image-size mask per image.
 
     Returns:
-        (R, size, size) bool.
+        one (n_i, mask_size, mask_size) bool tensor per image, on the masks' device.
     """
+    crops = []
+    for i, inst in enumerate(instances):
+        if len(inst) == 0:
+            device = inst.proposal_boxes.device if inst.has("proposal_boxes") else None
+            crops.append(torch.zeros(0, mask_size, mask_size, dtype=torch.bool, device=device))
+            continue
+        missing = [f for f in ("proposal_boxes", "gt_masks") if not inst.has(f)]
+        if missing:
+            raise ValueError(f"instances[{i}] lacks field(s) {missing}, needed for GT crops")
+        gt_masks, boxes = inst.gt_masks, inst.proposal_boxes.tensor
+        if isinstance(gt_masks, BitMasks):
+            unique, inverse = _distinct_bitmasks(inst)
+            crops.append(_bitmask_crop(unique, inverse, boxes, mask_size))
+        else:
+            crops.append(gt_masks.crop_and_resize(boxes, mask_size))
+    return crops
+
+
+def _distinct_bitmasks(inst: Instances):
+    """(U, H, W) distinct GT masks of an image's proposals and each proposal's index into them.
+
+    Without ``gt_index`` every proposal counts as its own GT (correct, only slower)."""
+    masks = inst.gt_masks.tensor
+    if not inst.has("gt_index"):
+        return masks, torch.arange(len(masks), device=masks.device)
+    unique, inverse = torch.unique(inst.gt_index, return_inverse=True)
+    first = torch.full((len(unique),), len(masks), dtype=torch.int64, device=masks.device)
+    first.scatter_reduce_(0, inverse, torch.arange(len(masks), device=masks.device), "amin")
+    return masks[first], inverse
+
+
+def _bitmask_crop(masks: torch.Tensor, index: torch.Tensor, boxes: torch.Tensor, size: int):
+    """``BitMasks(masks[index]).crop_and_resize(boxes, size)`` without materializing
+    ``masks[index]``: RoIAlign reads RoI i from image ``index[i]``, Detectron2's call reads it from
+    a copy of the same image, so every output value is the same. Chunks of masks bound the float
+    copy (all at once is ~550 MB for 128 masks of 800 x 1333)."""
     chunk = max(1, _BITMASK_CHUNK_ELEMS // max(1, masks.shape[1] * masks.shape[2]))
-    parts = [
-        BitMasks(masks[s : s + chunk]).crop_and_resize(boxes[s : s + chunk], size)
-        for s in range(0, len(masks), chunk)
-    ]
-    return torch.cat(parts)
+    out = torch.zeros(len(boxes), size, size, dtype=torch.bool, device=masks.device)
+    for s in range(0, len(masks), chunk):
+        sel = ((index >= s) & (index < s + chunk)).nonzero().squeeze(1)
+        if len(sel) == 0:
+            continue
+        rois = torch.cat([(index[sel] - s)[:, None].to(boxes.dtype), boxes[sel]], dim=1)
+        images = masks[s : s + chunk, None].to(torch.float32)
+        out[sel] = ROIAlign((size, size), 1.0, 0, aligned=True)(images, rois).squeeze(1) >= 0.5
+    return out
 
 
-def _bitmask_area_ratio(masks: torch.Tensor, boxes: torch.Tensor) -> torch.Tensor:
+def _bitmask_area_ratio(masks: torch.Tensor, index: torch.Tensor, boxes: torch.Tensor):
     """Fraction of each GT bitmask's area that lies inside its box, with exact fractional boxes.
 
     Pixel (x, y) is the unit square [x, x+1) x [y, y+1) (Detectron2's pixel model, the one
     ``crop_and_resize``'s aligned RoIAlign uses). The mask is the union of its "on" squares and the
     box is the continuous rectangle [x1, x2] x [y1, y2]; the area inside is their exact overlap,
-    i.e. every pixel weighted by the fraction of it the box covers, cover_x(x) * cover_y(y). (This
-    equals bilinear interpolation of the integral image at the box corners.) Parts of the box
-    outside the image cover no pixel. Both terms are in image pixels, so r is unit-consistent.
+    every pixel weighted by the fraction of it the box covers. Parts of the box outside the image
+    cover no pixel. Both terms are in image pixels, so r is unit-consistent.
 
-    Two vectorized implementations of the same definition: on the CPU, numpy's bool counting is
-    an order of magnitude faster than torch's CPU reductions and bool-to-float conversion (this
-    path: 2-4x faster end to end), so the CPU path counts bools over the box rows only; elsewhere
-    (GPU) one batched matmul per chunk of RoIs.
+    The covered area A(x, y) of [0, x] x [0, y] is bilinear inside each pixel, so bilinear
+    interpolation of the integral image at the four box corners gives it exactly: one integral
+    image per distinct GT (``masks``), then O(1) per RoI, on any device.
 
     Args:
-        masks: (R, H, W) bool, the whole GT instance per RoI.
+        masks: (U, H, W) bool, the distinct GT masks.
+        index: (R,) int64, the mask of each RoI.
         boxes: (R, 4) float XYXY in image pixel coordinates.
 
     Returns:
-        (R,) float r in [0, 1], on ``masks.device``; 0 for a zero-area mask.
+        (R,) float64 r in [0, 1], on ``masks.device``; 0 for a zero-area mask.
     """
-    if masks.device.type == "cpu":
-        return _bitmask_area_ratio_numpy(masks, boxes)
-    return _bitmask_area_ratio_torch(masks, boxes)
-
-
-def _bitmask_area_ratio_torch(masks: torch.Tensor, boxes: torch.Tensor) -> torch.Tensor:
-    """Any device: area_in = cover_y^T . mask . cover_x, a batched matmul (chunks bound memory)."""
     num, height, width = masks.shape
-    boxes = boxes.to(device=masks.device, dtype=torch.float32)
-    cover_x = _interval_cover(boxes[:, 0], boxes[:, 2], width)  # (R, W)
-    cover_y = _interval_cover(boxes[:, 1], boxes[:, 3], height)  # (R, H)
-    # Column 0 weights columns by box coverage, column 1 counts every pixel (the whole area);
-    # one pass over each mask gives both.
-    col_weights = torch.stack([cover_x, torch.ones_like(cover_x)], dim=2)  # (R, W, 2)
-    inside = torch.empty(num, device=masks.device)
-    whole = torch.empty(num, device=masks.device)
+    b = boxes.to(device=masks.device, dtype=torch.float64)
+    x1, x2 = b[:, 0].clamp(0, width), b[:, 2].clamp(0, width)
+    y1, y2 = b[:, 1].clamp(0, height), b[:, 3].clamp(0, height)
+    inside = torch.zeros(len(boxes), dtype=torch.float64, device=masks.device)
+    whole = torch.zeros(len(boxes), dtype=torch.float64, device=masks.device)
     chunk = max(1, _BITMASK_CHUNK_ELEMS // max(1, height * width))
-    for s in range(0, num, chunk):  # chunks of RoIs; each chunk is vectorized
-        e = min(s + chunk, num)
-        row_sums = torch.bmm(masks[s:e].to(torch.float32), col_weights[s:e])  # (c, H, 2)
-        inside[s:e] = (row_sums[:, :, 0] * cover_y[s:e]).sum(1)
-        whole[s:e] = row_sums[:, :, 1].sum(1)
+    for s in range(0, num, chunk):  # chunks of distinct masks bound the integral images' memory
+        sel = ((index >= s) & (index < s + chunk)).nonzero().squeeze(1)
+        if len(sel) == 0:
+            continue
+        # S[k, i, j] = count of mask k in rows < i and columns < j: exact int32 counts (an image
+        # has < 2^31 pixels), padded with a zero first row and column.
+        part = masks[s : s + chunk].to(torch.int32)
+        integral = torch.nn.functional.pad(part.cumsum(1).cumsum(2), (1, 0, 1, 0)).flatten(1)
+        k = index[sel] - s
+
+        def covered(x, y, k=k, integral=integral):  # A(x, y) of each selected RoI's mask
+            j = x.floor().long().clamp(max=width - 1)
+            i = y.floor().long().clamp(max=height - 1)
+            fx, fy = x - j, y - i
+            at = lambda di, dj: integral[k, (i + di) * (width + 1) + j + dj].double()  # noqa: E731
+            top = at(0, 0) * (1 - fx) + at(0, 1) * fx
+            return top * (1 - fy) + (at(1, 0) * (1 - fx) + at(1, 1) * fx) * fy
+
+        bx1, bx2, by1, by2 = x1[sel], x2[sel], y1[sel], y2[sel]
+        area = covered(bx2, by2) - covered(bx1, by2) - covered(bx2, by1) + covered(bx1, by1)
+        # An inverted or empty box covers nothing (its corners would give area <= 0).
+        inside[sel] = torch.where((bx2 > bx1) & (by2 > by1), area, torch.zeros_like(area))
+        whole[sel] = integral[k, -1].double()
     return _safe_ratio(inside, whole)
-
-
-def _bitmask_area_ratio_numpy(masks: torch.Tensor, boxes: torch.Tensor) -> torch.Tensor:
-    """CPU: count bools in each box's rows (all RoIs' rows stacked), then fix the partly covered
-    first/last column and weight each row by its vertical coverage."""
-    m = masks.numpy()
-    num, height, width = m.shape
-    whole = np.count_nonzero(m.reshape(num, -1), axis=1).astype(np.float64)
-    b = boxes.detach().cpu().double().numpy()
-    x1, x2 = np.clip(b[:, 0], 0, width), np.clip(b[:, 2], 0, width)
-    y1, y2 = np.clip(b[:, 1], 0, height), np.clip(b[:, 3], 0, height)
-    first, last = np.floor(x1).astype(np.int64), np.ceil(x2).astype(np.int64) - 1  # touched cols
-    row0 = np.floor(y1).astype(np.int64)
-    nrows = np.where((x2 > x1) & (y2 > y1), np.ceil(y2).astype(np.int64) - row0, 0)
-    roi = np.repeat(np.arange(num), nrows)  # one entry per (RoI, touched row)
-    y = row0[roi] + np.arange(len(roi)) - np.repeat(np.cumsum(nrows) - nrows, nrows)
-    inside = np.zeros(num)
-    cols = np.arange(width)
-    step = max(1, _BITMASK_CHUNK_ELEMS // (4 * width))  # rows per chunk: ~3 (n, W) temporaries
-    for s in range(0, len(roi), step):  # chunks of rows; each chunk is vectorized
-        r, yy = roi[s : s + step], y[s : s + step]
-        f, la = first[r], last[r]
-        rows = m[r, yy]  # (n, W)
-        count = np.count_nonzero(rows & (cols >= f[:, None]) & (cols <= la[:, None]), axis=1)
-        n = np.arange(len(r))
-        # The first and last touched columns may be partly covered; f == la is a box inside one
-        # column, whose single coverage x2 - x1 the first term already gives.
-        cover_f = np.minimum(x2[r], f + 1) - x1[r]
-        cover_la = x2[r] - np.maximum(x1[r], la)
-        row_in = count - (1 - cover_f) * rows[n, f] - (la != f) * (1 - cover_la) * rows[n, la]
-        cover_y = np.minimum(y2[r], yy + 1) - np.maximum(y1[r], yy)
-        inside += np.bincount(r, weights=cover_y * row_in, minlength=num)
-    return _safe_ratio(torch.from_numpy(inside), torch.from_numpy(whole))
-
-
-def _interval_cover(lo: torch.Tensor, hi: torch.Tensor, size: int) -> torch.Tensor:
-    """(R, size) length of [lo, hi] that falls in each unit cell [k, k+1), k = 0..size-1."""
-    k = torch.arange(size, device=lo.device, dtype=lo.dtype)
-    return (torch.minimum(hi[:, None], k + 1) - torch.maximum(lo[:, None], k)).clamp_min(0.0)
 
 
 def _safe_ratio(inside: torch.Tensor, whole: torch.Tensor) -> torch.Tensor:

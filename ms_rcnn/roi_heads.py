@@ -1,35 +1,15 @@
-"""Mask Scoring ROI heads: Detectron2's StandardROIHeads plus a MaskIoU head.
+"""The registered ROI heads: SoftNMSROIHeads (a baseline with the Soft-NMS switch) and
+MaskScoringROIHeads (that plus the MaskIoU head, from `MaskScoringMixin`).
 
-Only `_forward_mask` is overridden, so the box head, sampling and keypoints stay Detectron2's.
-It pools the mask-branch RoI features once and feeds them to both the mask head and the
-MaskIoU head, which also sees the predicted mask of the ground-truth class (training) or of
-the predicted class (inference).
+Only the box predictor and `_forward_mask` differ from StandardROIHeads, so sampling, the box
+head and keypoints stay Detectron2's.
 """
 
-from typing import Dict, List
-
 import torch
-from detectron2.config import configurable
-from detectron2.layers import ShapeSpec, cat
 from detectron2.modeling import ROI_HEADS_REGISTRY, StandardROIHeads
-from detectron2.modeling.roi_heads.mask_head import (
-    BaseMaskRCNNHead,
-    mask_rcnn_inference,
-    mask_rcnn_loss,
-)
-from detectron2.modeling.roi_heads.roi_heads import select_foreground_proposals
-from detectron2.structures import Instances
-from detectron2.utils.events import get_event_storage
-from torch import nn
 
 from .box_predictor import SoftNMSFastRCNNOutputLayers
-from .maskiou_head import (
-    build_maskiou_head,
-    mask_iou_inference,
-    mask_iou_loss,
-    select_class_column,
-)
-from .maskiou_targets import mask_iou_targets
+from .mask_scoring import MaskScoringMixin
 
 __all__ = ["SoftNMSROIHeads", "MaskScoringROIHeads"]
 
@@ -57,142 +37,6 @@ class SoftNMSROIHeads(StandardROIHeads):
 
 
 @ROI_HEADS_REGISTRY.register()
-class MaskScoringROIHeads(SoftNMSROIHeads):
-    """StandardROIHeads whose detections also get `pred_maskiou` and `mask_scores`.
-
-    Training adds `loss_maskiou`; inference adds, per detection, `pred_maskiou` (predicted IoU
-    of its mask with the object) and `mask_scores` = `scores` * `pred_maskiou`, leaving
-    `scores` the classification score unless `overwrite_scores`.
-    """
-
-    @configurable
-    def __init__(
-        self,
-        *,
-        maskiou_head: nn.Module,
-        maskiou_loss_weight: float = 1.0,
-        mask_logit_threshold: float = 0.0,
-        detach_mask: bool = True,
-        detach_features: bool = False,
-        clamp_maskiou: bool = True,
-        overwrite_scores: bool = False,
-        **kwargs,
-    ):
-        """
-        Args:
-            maskiou_head: module mapping (RoI features, mask probabilities) to (R, K) IoUs.
-            maskiou_loss_weight: weight of `loss_maskiou`.
-            mask_logit_threshold: a mask logit above this is foreground for the IoU target.
-            detach_mask: stop the MaskIoU loss's gradient at the mask input.
-            detach_features: stop the MaskIoU loss's gradient at the RoI features.
-            clamp_maskiou: clamp predicted IoUs to [0, 1] at inference.
-            overwrite_scores: at inference, also set `scores` to `mask_scores`.
-            kwargs: arguments of StandardROIHeads; a mask head and pooler are required.
-        """
-        super().__init__(**kwargs)
-        if not self.mask_on or self.mask_pooler is None:
-            raise ValueError(
-                "MaskScoringROIHeads needs the mask branch with its own RoI pooler: set "
-                "MODEL.MASK_ON=True (and keep ROI_MASK_HEAD.POOLER_TYPE set)"
-            )
-        if not isinstance(self.mask_head, BaseMaskRCNNHead):
-            raise TypeError(
-                "MaskScoringROIHeads needs a mask head derived from BaseMaskRCNNHead (it calls "
-                f"its layers() to reuse the logits), got {type(self.mask_head).__name__}"
-            )
-        self.maskiou_head = maskiou_head
-        self.maskiou_loss_weight = maskiou_loss_weight
-        self.mask_logit_threshold = mask_logit_threshold
-        self.detach_mask = detach_mask
-        self.detach_features = detach_features
-        self.clamp_maskiou = clamp_maskiou
-        self.overwrite_scores = overwrite_scores
-
-    @classmethod
-    def from_config(cls, cfg, input_shape):
-        if not cfg.MODEL.MASK_ON:
-            raise ValueError(
-                "MODEL.ROI_HEADS.NAME=MaskScoringROIHeads scores masks, so it needs "
-                "MODEL.MASK_ON=True"
-            )
-        ret = super().from_config(cfg, input_shape)
-        ret.update(cls._init_maskiou_head(cfg, input_shape))
-        return ret
-
-    @classmethod
-    def _init_maskiou_head(cls, cfg, input_shape):
-        in_features = cfg.MODEL.ROI_HEADS.IN_FEATURES
-        channels = {input_shape[f].channels for f in in_features}
-        if len(channels) != 1:
-            raise ValueError(f"ROI_HEADS.IN_FEATURES {in_features} have different channel counts")
-        resolution = cfg.MODEL.ROI_MASK_HEAD.POOLER_RESOLUTION
-        # The MaskIoU head sees the same pooled features as the mask head, before its convs.
-        feature_shape = ShapeSpec(channels=channels.pop(), height=resolution, width=resolution)
-        head = cfg.MODEL.ROI_MASKIOU_HEAD
-        return {
-            "maskiou_head": build_maskiou_head(cfg, feature_shape),
-            "maskiou_loss_weight": head.LOSS_WEIGHT,
-            "mask_logit_threshold": head.MASK_LOGIT_THRESHOLD,
-            "detach_mask": head.DETACH_MASK,
-            "detach_features": head.DETACH_FEATURES,
-            "clamp_maskiou": head.CLAMP_PREDICTION,
-            "overwrite_scores": head.OVERWRITE_SCORES,
-        }
-
-    def _forward_mask(self, features: Dict[str, torch.Tensor], instances: List[Instances]):
-        """Mask head and MaskIoU head on shared RoI features.
-
-        Returns a dict with `loss_mask` and `loss_maskiou` in training; in inference, the
-        instances with `pred_masks`, `pred_maskiou` and `mask_scores` set.
-        """
-        if not self.mask_on:  # test-time augmentation turns the mask branch off for a while
-            return {} if self.training else instances
-        if self.training:
-            instances, _ = select_foreground_proposals(instances, self.num_classes)
-            boxes = [x.proposal_boxes for x in instances]
-        else:
-            boxes = [x.pred_boxes for x in instances]
-        roi_features = self.mask_pooler([features[f] for f in self.mask_in_features], boxes)
-        mask_logits = self.mask_head.layers(roi_features)
-        if self.training:
-            return self._maskiou_losses(roi_features, mask_logits, instances)
-
-        mask_rcnn_inference(mask_logits, instances)  # sets pred_masks: (N, 1, M, M) probabilities
-        mask_probs = cat([x.pred_masks for x in instances])
-        pred_maskiou = self.maskiou_head(roi_features, mask_probs)
-        mask_iou_inference(pred_maskiou, instances, self.clamp_maskiou, self.overwrite_scores)
-        return instances
-
-    def _maskiou_losses(self, roi_features, mask_logits, instances):
-        losses = {
-            "loss_mask": mask_rcnn_loss(mask_logits, instances, self.mask_head.vis_period)
-            * self.mask_head.loss_weight
-        }
-        gt_classes = cat([x.gt_classes for x in instances]).to(torch.int64)
-        targets = mask_iou_targets(mask_logits, instances, self.mask_logit_threshold)
-
-        # The mask of the ground-truth class (channel 0 if masks are class-agnostic); the IoU
-        # column is the ground-truth class either way, as at inference (predicted class).
-        channel = gt_classes if mask_logits.shape[1] > 1 else torch.zeros_like(gt_classes)
-        index = torch.arange(mask_logits.shape[0], device=mask_logits.device)
-        mask_probs = mask_logits[index, channel].unsqueeze(1).sigmoid()
-        if self.detach_mask:
-            mask_probs = mask_probs.detach()
-        if self.detach_features:
-            roi_features = roi_features.detach()
-        pred_maskiou = self.maskiou_head(roi_features, mask_probs)
-        loss = mask_iou_loss(pred_maskiou, gt_classes, targets)
-        losses["loss_maskiou"] = loss * self.maskiou_loss_weight
-        self._log_maskiou_metrics(pred_maskiou.detach(), gt_classes, targets)
-        return losses
-
-    @staticmethod
-    def _log_maskiou_metrics(pred_maskiou, gt_classes, targets):
-        storage = get_event_storage()
-        positive = targets > 0
-        storage.put_scalar("maskiou/num_pos", float(positive.sum()))
-        if bool(positive.any()):
-            pred = select_class_column(pred_maskiou[positive], gt_classes[positive])
-            storage.put_scalar("maskiou/mean_target", float(targets[positive].mean()))
-            storage.put_scalar("maskiou/mean_pred", float(pred.mean()))
-            storage.put_scalar("maskiou/abs_error", float((pred - targets[positive]).abs().mean()))
+class MaskScoringROIHeads(MaskScoringMixin, SoftNMSROIHeads):
+    """StandardROIHeads (with the Soft-NMS switch) whose detections also get `pred_maskiou` and
+    `mask_scores`: training adds `loss_maskiou`. See `MaskScoringMixin` for the arguments."""

@@ -183,40 +183,58 @@ def test_hand_computed():
 # ----------------------------------------------------------------------------- area ratios
 
 
-@pytest.mark.parametrize("impl", ["numpy", "torch"])
-@pytest.mark.parametrize("chunk", [1 << 24, 64])
-def test_bitmask_ratio_fractional_boxes_supersampled(impl, chunk, monkeypatch):
+@pytest.mark.parametrize("shared", [False, True])
+@pytest.mark.parametrize("chunk", [1 << 24, 2 * 12 * 10])
+def test_bitmask_ratio_fractional_boxes_supersampled(shared, chunk, monkeypatch):
     """Fractional box coverage equals counting sub-pixel samples: with s x s sub-samples per
     pixel and box coordinates on the 1/s grid, the count is exact. Includes boxes leaving the
-    image, a box inside a single pixel column, and an inverted box. Both implementations (numpy
-    on the CPU, matmul elsewhere), with and without chunking."""
+    image, a box inside a single pixel column, and an inverted box. With one mask per RoI or RoIs
+    sharing masks through an index, with and without chunking (two masks per chunk)."""
     monkeypatch.setattr(mt, "_BITMASK_CHUNK_ELEMS", chunk)
     s, h, w = 4, 12, 10
     rng = np.random.default_rng(3)
-    masks = rng.random((7, h, w)) < 0.5
     boxes = np.array(
         [[0.25, 0.5, 3.75, 7.0], [2.5, 1.25, 9.75, 11.5], [-2.0, -1.5, 4.25, 3.0],
          [7.5, 9.0, 13.0, 15.25], [0, 0, 10, 12], [5.0, 5.0, 4.0, 8.0], [3.25, 2.0, 3.75, 9.5]]
     )  # fmt: skip
-    fine = masks.repeat(s, 1).repeat(s, 2)
+    distinct = rng.random((3 if shared else 7, h, w)) < 0.5
+    index = np.array([2, 0, 1, 0, 2, 1, 2]) if shared else np.arange(7)
     c = (np.arange(h * s) + 0.5) / s, (np.arange(w * s) + 0.5) / s
     expected = []
-    for msk, (x1, y1, x2, y2) in zip(fine, boxes):
+    for k, (x1, y1, x2, y2) in zip(index, boxes):
+        fine = distinct[k].repeat(s, 0).repeat(s, 1)
         sel = ((c[0] > y1) & (c[0] < y2))[:, None] & ((c[1] > x1) & (c[1] < x2))[None, :]
-        expected.append((msk & sel).sum() / msk.sum())
-    fn = mt._bitmask_area_ratio_numpy if impl == "numpy" else mt._bitmask_area_ratio_torch
-    got = fn(torch.from_numpy(masks), torch.tensor(boxes, dtype=torch.float32))
+        expected.append((fine & sel).sum() / fine.sum())
+    got = mt._bitmask_area_ratio(
+        torch.from_numpy(distinct),
+        torch.from_numpy(index),
+        torch.tensor(boxes, dtype=torch.float32),
+    )
     np.testing.assert_allclose(got.numpy(), expected, atol=1e-6)
 
 
-def test_chunked_crop_is_detectron2_crop(monkeypatch):
+@pytest.mark.parametrize("with_index", [False, True])
+def test_shared_crop_is_detectron2_crop(with_index, monkeypatch):
+    """gt_mask_crops gives Detectron2's crop bit for bit, also when RoIs share GT masks through
+    gt_index (each distinct mask converted once) and across chunk boundaries; targets from the
+    shared crops equal targets computed from scratch."""
     monkeypatch.setattr(mt, "_BITMASK_CHUNK_ELEMS", 2 * 30 * 40)  # two masks per chunk
     rng = np.random.default_rng(6)
-    masks = torch.from_numpy(rng.random((5, 30, 40)) < 0.4)
-    boxes = torch.tensor(rng.uniform(-5, 45, (5, 4)), dtype=torch.float32)
+    gts = torch.from_numpy(rng.random((5, 30, 40)) < 0.4)
+    gt_index = torch.tensor([3, 0, 4, 3, 1, 0, 4, 4, 2])
+    boxes = torch.tensor(rng.uniform(-5, 45, (9, 4)), dtype=torch.float32)
     boxes = torch.cat([boxes[:, :2].minimum(boxes[:, 2:]), boxes[:, :2].maximum(boxes[:, 2:])], 1)
-    expected = BitMasks(masks).crop_and_resize(boxes, 7)
-    assert torch.equal(mt._chunked_bitmask_crop(masks, boxes, 7), expected)
+    inst = Instances((30, 40), proposal_boxes=Boxes(boxes), gt_masks=BitMasks(gts[gt_index]))
+    if with_index:
+        inst.gt_index = gt_index
+    expected = BitMasks(gts[gt_index]).crop_and_resize(boxes, 7)
+    (got,) = mt.gt_mask_crops([inst], 7)
+    assert torch.equal(got, expected)
+    logits = torch.randn(9, 1, 7, 7, generator=torch.Generator().manual_seed(0))
+    shared = mask_iou_targets(logits, [inst], gt_crops=got)
+    assert torch.equal(shared, mask_iou_targets(logits, [inst]))
+    with pytest.raises(ValueError, match="gt_crops"):
+        mask_iou_targets(logits, [inst], gt_crops=got[:, :6])
 
 
 def shoelace(p):
@@ -425,12 +443,18 @@ def test_property_bounded_and_close_to_brute_force(case):
     st.integers(0, 2**31 - 1),
     st.lists(st.floats(-6, 26, allow_nan=False, width=32), min_size=12, max_size=12),
 )
-def test_property_bitmask_ratio_implementations_agree(seed, coords):
-    """The CPU (numpy) and matmul implementations of the same coverage definition agree for any
-    float boxes: inside one pixel, inverted, partly or wholly outside the image."""
-    masks = torch.from_numpy(np.random.default_rng(seed).random((3, 17, 20)) < 0.3)
-    boxes = torch.tensor(coords, dtype=torch.float32).view(3, 4)
-    a = mt._bitmask_area_ratio_numpy(masks, boxes)
-    b = mt._bitmask_area_ratio_torch(masks, boxes)
-    np.testing.assert_allclose(a.numpy(), b.numpy(), atol=1e-5)
-    assert ((a >= 0) & (a <= 1)).all()
+def test_property_bitmask_ratio_matches_pixel_loop(seed, coords):
+    """For any float boxes (inside one pixel, inverted, partly or wholly outside the image), the
+    integral-image ratio equals an explicit sum over pixels of the covered fraction."""
+    masks = np.random.default_rng(seed).random((3, 17, 20)) < 0.3
+    boxes = np.array(coords, dtype=np.float32).reshape(3, 4).astype(np.float64)
+    got = mt._bitmask_area_ratio(
+        torch.from_numpy(masks), torch.arange(3), torch.tensor(boxes, dtype=torch.float32)
+    )
+    for m, (x1, y1, x2, y2), r in zip(masks, boxes, got.tolist()):
+        k = np.arange(20)
+        cx = np.clip(np.minimum(x2, k + 1) - np.maximum(x1, k), 0, None)
+        k = np.arange(17)
+        cy = np.clip(np.minimum(y2, k + 1) - np.maximum(y1, k), 0, None)
+        expected = (m * cy[:, None] * cx[None, :]).sum() / m.sum() if m.sum() else 0.0
+        assert abs(r - expected) <= 1e-9 and 0 <= r <= 1

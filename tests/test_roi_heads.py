@@ -163,16 +163,18 @@ def test_class_agnostic_masks():
 
 def test_training_uses_gt_class_channel_and_column(monkeypatch):
     # Capture what the heads saw, then recompute the loss by hand from it.
-    import ms_rcnn.roi_heads as roi_heads_module
+    import ms_rcnn.mask_scoring as roi_heads_module
 
     model = ms_model()
     model.roi_heads.maskiou_head.predictor.weight.data.normal_(std=1.0)
     seen = {}
     real_targets = roi_heads_module.mask_iou_targets
 
-    def spy_targets(logits, instances, threshold):
+    def spy_targets(logits, instances, threshold, gt_crops):
         seen["logits"], seen["instances"] = logits, instances
-        seen["targets"] = real_targets(logits, instances, threshold)
+        seen["targets"] = real_targets(logits, instances, threshold, gt_crops=gt_crops)
+        # The crops shared with the mask loss give the targets computed from scratch.
+        assert torch.equal(seen["targets"], real_targets(logits, instances, threshold))
         return seen["targets"]
 
     monkeypatch.setattr(roi_heads_module, "mask_iou_targets", spy_targets)
@@ -188,6 +190,31 @@ def test_training_uses_gt_class_channel_and_column(monkeypatch):
     assert keep.any()
     expected = 0.5 * ((seen["pred"][rows, gt][keep] - t[keep]) ** 2).mean()
     torch.testing.assert_close(losses["loss_maskiou"], expected)
+
+
+@pytest.mark.parametrize("mask_format", ["polygon", "bitmask"])
+def test_shared_layers_train_exactly_like_the_baseline(mask_format):
+    """Same weights, same RNG state, same batch: every loss but loss_maskiou is the baseline's
+    bit for bit, as are the mask-loss metrics. The GT crop shared between the mask loss and the
+    MaskIoU targets (one float conversion per GT, not per RoI) changes nothing Detectron2
+    computes; and the caller's GT instances are left untouched."""
+    ms = ms_model(mask_format=mask_format)
+    baseline = build_model(tiny_cfg("StandardROIHeads", mask_format=mask_format))
+    missing = baseline.load_state_dict(ms.state_dict(), strict=False)
+    assert not missing.missing_keys
+    batch = make_batch(mask_format, num_instances=(3, 2))
+    fields = [set(b["instances"].get_fields()) for b in batch]
+    results = []
+    for model in (baseline, ms):
+        torch.manual_seed(7)
+        results.append(train_losses(model, batch))
+    (base_losses, base_storage), (ms_losses, ms_storage) = results
+    assert set(ms_losses) == set(base_losses) | {"loss_maskiou"}
+    for key, value in base_losses.items():
+        assert torch.equal(ms_losses[key], value), key
+    for key in ("mask_rcnn/accuracy", "mask_rcnn/false_positive", "mask_rcnn/false_negative"):
+        assert ms_storage.histories()[key].latest() == base_storage.histories()[key].latest()
+    assert [set(b["instances"].get_fields()) for b in batch] == fields
 
 
 def test_requires_mask_on():

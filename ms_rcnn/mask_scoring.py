@@ -1,0 +1,233 @@
+"""Mask scoring as a mixin: adds a MaskIoU head to any ROI heads with Detectron2's mask branch.
+
+`MaskScoringMixin` overrides only `_forward_mask` (and tags GT indices in
+`label_and_sample_proposals`), so it composes with StandardROIHeads, CascadeROIHeads or a
+project's own subclass of either: put it first in the bases,
+
+    @ROI_HEADS_REGISTRY.register()
+    class MyMaskScoringROIHeads(MaskScoringMixin, MyROIHeads):
+        pass
+
+It pools the mask-branch RoI features once and feeds them to both the mask head and the MaskIoU
+head, which also sees the predicted mask of the ground-truth class (training) or of the predicted
+class (inference).
+"""
+
+from typing import Dict, List
+
+import torch
+from detectron2.config import configurable
+from detectron2.layers import ShapeSpec, cat
+from detectron2.modeling.roi_heads.mask_head import (
+    BaseMaskRCNNHead,
+    mask_rcnn_inference,
+    mask_rcnn_loss,
+)
+from detectron2.modeling.roi_heads.roi_heads import select_foreground_proposals
+from detectron2.structures import Instances
+from detectron2.utils.events import get_event_storage
+from torch import nn
+
+from .maskiou_head import (
+    build_maskiou_head,
+    mask_iou_inference,
+    mask_iou_loss,
+    select_class_column,
+)
+from .maskiou_targets import gt_mask_crops, mask_iou_targets
+
+__all__ = ["MaskScoringMixin"]
+
+
+class MaskScoringMixin:
+    """Adds `loss_maskiou` in training and `pred_maskiou`, `mask_scores` at inference.
+
+    Requirements on the class it is mixed into (Detectron2's ROIHeads with a mask branch): the
+    attributes `mask_on`, `mask_pooler`, `mask_in_features`, `mask_head` (a `BaseMaskRCNNHead`),
+    `num_classes`, and `_forward_mask(features, instances)` being the place the mask branch
+    runs, as in StandardROIHeads and CascadeROIHeads.
+
+    Inference adds, per detection, `pred_maskiou` (predicted IoU of its mask with the object) and
+    `mask_scores` = `scores` * `pred_maskiou`, leaving `scores` the classification score unless
+    `overwrite_scores`.
+    """
+
+    @configurable
+    def __init__(
+        self,
+        *,
+        maskiou_head: nn.Module,
+        maskiou_loss_weight: float = 1.0,
+        mask_logit_threshold: float = 0.0,
+        detach_mask: bool = True,
+        detach_features: bool = False,
+        clamp_maskiou: bool = True,
+        overwrite_scores: bool = False,
+        **kwargs,
+    ):
+        """
+        Args:
+            maskiou_head: module mapping (RoI features, mask probabilities) to (R, K) IoUs.
+            maskiou_loss_weight: weight of `loss_maskiou`.
+            mask_logit_threshold: a mask logit above this is foreground for the IoU target.
+            detach_mask: stop the MaskIoU loss's gradient at the mask input.
+            detach_features: stop the MaskIoU loss's gradient at the RoI features.
+            clamp_maskiou: clamp predicted IoUs to [0, 1] at inference.
+            overwrite_scores: at inference, also set `scores` to `mask_scores`.
+            kwargs: arguments of the ROI heads class mixed with; a mask head and pooler are
+                required.
+        """
+        super().__init__(**kwargs)
+        name = type(self).__name__
+        if not getattr(self, "mask_on", False) or getattr(self, "mask_pooler", None) is None:
+            raise ValueError(
+                f"{name} needs the mask branch with its own RoI pooler: set MODEL.MASK_ON=True "
+                "(and keep ROI_MASK_HEAD.POOLER_TYPE set)"
+            )
+        if not isinstance(self.mask_head, BaseMaskRCNNHead):
+            raise TypeError(
+                f"{name} needs a mask head derived from BaseMaskRCNNHead (it calls its layers() "
+                f"to reuse the logits), got {type(self.mask_head).__name__}"
+            )
+        self.maskiou_head = maskiou_head
+        self.maskiou_loss_weight = maskiou_loss_weight
+        self.mask_logit_threshold = mask_logit_threshold
+        self.detach_mask = detach_mask
+        self.detach_features = detach_features
+        self.clamp_maskiou = clamp_maskiou
+        self.overwrite_scores = overwrite_scores
+
+    @classmethod
+    def from_config(cls, cfg, input_shape):
+        if not cfg.MODEL.MASK_ON:
+            raise ValueError(
+                f"MODEL.ROI_HEADS.NAME={cls.__name__} scores masks, so it needs MODEL.MASK_ON=True"
+            )
+        ret = super().from_config(cfg, input_shape)
+        ret.update(cls._init_maskiou_head(cfg, input_shape))
+        return ret
+
+    @classmethod
+    def _init_maskiou_head(cls, cfg, input_shape):
+        in_features = cfg.MODEL.ROI_HEADS.IN_FEATURES
+        channels = {input_shape[f].channels for f in in_features}
+        if len(channels) != 1:
+            raise ValueError(f"ROI_HEADS.IN_FEATURES {in_features} have different channel counts")
+        resolution = cfg.MODEL.ROI_MASK_HEAD.POOLER_RESOLUTION
+        # The MaskIoU head sees the same pooled features as the mask head, before its convs.
+        feature_shape = ShapeSpec(channels=channels.pop(), height=resolution, width=resolution)
+        head = cfg.MODEL.ROI_MASKIOU_HEAD
+        return {
+            "maskiou_head": build_maskiou_head(cfg, feature_shape),
+            "maskiou_loss_weight": head.LOSS_WEIGHT,
+            "mask_logit_threshold": head.MASK_LOGIT_THRESHOLD,
+            "detach_mask": head.DETACH_MASK,
+            "detach_features": head.DETACH_FEATURES,
+            "clamp_maskiou": head.CLAMP_PREDICTION,
+            "overwrite_scores": head.OVERWRITE_SCORES,
+        }
+
+    @torch.no_grad()
+    def label_and_sample_proposals(self, proposals: List[Instances], targets: List[Instances]):
+        # Detectron2 copies every `gt_*` field of the targets to the proposals matched to them,
+        # so a `gt_index` field tells which sampled proposals share a GT instance: the mask
+        # targets then convert each GT bitmask once, not once per proposal (`gt_mask_crops`).
+        tagged = []
+        for t in targets:
+            t = Instances(t.image_size, **t.get_fields())  # the caller's targets stay untouched
+            t.gt_index = torch.arange(len(t), device=t.gt_classes.device)
+            tagged.append(t)
+        return super().label_and_sample_proposals(proposals, tagged)
+
+    def _forward_mask(self, features: Dict[str, torch.Tensor], instances: List[Instances]):
+        """Mask head and MaskIoU head on shared RoI features.
+
+        Returns a dict with `loss_mask` and `loss_maskiou` in training; in inference, the
+        instances with `pred_masks`, `pred_maskiou` and `mask_scores` set.
+        """
+        if not self.mask_on:  # test-time augmentation turns the mask branch off for a while
+            return {} if self.training else instances
+        if self.training:
+            instances, _ = select_foreground_proposals(instances, self.num_classes)
+            boxes = [x.proposal_boxes for x in instances]
+        else:
+            boxes = [x.pred_boxes for x in instances]
+        roi_features = self.mask_pooler([features[f] for f in self.mask_in_features], boxes)
+        mask_logits = self.mask_head.layers(roi_features)
+        if self.training:
+            return self._maskiou_losses(roi_features, mask_logits, instances)
+
+        mask_rcnn_inference(mask_logits, instances)  # sets pred_masks: (N, 1, M, M) probabilities
+        mask_probs = cat([x.pred_masks for x in instances])
+        pred_maskiou = self.maskiou_head(roi_features, mask_probs)
+        mask_iou_inference(pred_maskiou, instances, self.clamp_maskiou, self.overwrite_scores)
+        return instances
+
+    def _maskiou_losses(self, roi_features, mask_logits, instances):
+        # The GT crops are the mask loss's targets and the MaskIoU targets' G_in: crop once.
+        crops = gt_mask_crops(instances, mask_logits.shape[-1])
+        loss_mask = mask_rcnn_loss(
+            mask_logits, _with_cropped_masks(instances, crops), self.mask_head.vis_period
+        )
+        losses = {"loss_mask": loss_mask * self.mask_head.loss_weight}
+        gt_classes = cat([x.gt_classes for x in instances]).to(torch.int64)
+        targets = mask_iou_targets(
+            mask_logits, instances, self.mask_logit_threshold, gt_crops=cat(crops)
+        )
+
+        # The mask of the ground-truth class (channel 0 if masks are class-agnostic); the IoU
+        # column is the ground-truth class either way, as at inference (predicted class).
+        channel = gt_classes if mask_logits.shape[1] > 1 else torch.zeros_like(gt_classes)
+        index = torch.arange(mask_logits.shape[0], device=mask_logits.device)
+        mask_probs = mask_logits[index, channel].unsqueeze(1).sigmoid()
+        if self.detach_mask:
+            mask_probs = mask_probs.detach()
+        if self.detach_features:
+            roi_features = roi_features.detach()
+        pred_maskiou = self.maskiou_head(roi_features, mask_probs)
+        loss = mask_iou_loss(pred_maskiou, gt_classes, targets)
+        losses["loss_maskiou"] = loss * self.maskiou_loss_weight
+        self._log_maskiou_metrics(pred_maskiou.detach(), gt_classes, targets)
+        return losses
+
+    @staticmethod
+    def _log_maskiou_metrics(pred_maskiou, gt_classes, targets):
+        storage = get_event_storage()
+        positive = targets > 0
+        storage.put_scalar("maskiou/num_pos", float(positive.sum()))
+        if bool(positive.any()):
+            pred = select_class_column(pred_maskiou[positive], gt_classes[positive])
+            storage.put_scalar("maskiou/mean_target", float(targets[positive].mean()))
+            storage.put_scalar("maskiou/mean_pred", float(pred.mean()))
+            storage.put_scalar("maskiou/abs_error", float((pred - targets[positive]).abs().mean()))
+
+
+class _CroppedMasks:
+    """Stands in for `gt_masks` in Detectron2's `mask_rcnn_loss`, which only calls
+    `crop_and_resize(proposal_boxes, M)`: it returns the crops computed already. This keeps
+    Detectron2's own loss (class-agnostic masks, metrics, visualization) instead of a copy."""
+
+    def __init__(self, crops: torch.Tensor):
+        self.crops = crops
+
+    def __len__(self):
+        return len(self.crops)
+
+    def crop_and_resize(self, boxes: torch.Tensor, mask_size: int) -> torch.Tensor:
+        if len(boxes) != len(self.crops) or mask_size != self.crops.shape[-1]:
+            raise ValueError(
+                f"precomputed crops are {tuple(self.crops.shape)}, asked for {len(boxes)} boxes "
+                f"at {mask_size}"
+            )
+        return self.crops
+
+
+def _with_cropped_masks(instances: List[Instances], crops: List[torch.Tensor]):
+    out = []
+    for inst, crop in zip(instances, crops):
+        view = Instances(inst.image_size, proposal_boxes=inst.proposal_boxes)
+        if len(inst):
+            view.gt_classes = inst.gt_classes
+            view.gt_masks = _CroppedMasks(crop)
+        out.append(view)
+    return out
