@@ -13,8 +13,9 @@ Detectron2 publishes nothing on PyPI. This script, run by `make setup`:
      `np.bool`/`np.int`/`np.float`/`np.str` (removed in NumPy 1.24) become the builtins,
      `Image.LINEAR` (removed in Pillow 10) becomes `Image.BILINEAR`, `pkg_resources` (gone with
      setuptools >= 81) is no longer used to find model-zoo configs, the model-zoo configs are
-     installed as package data, and the `black==21.4b2` pin (which no longer imports with
-     current click) is relaxed as upstream did.
+     installed as package data, the `black==21.4b2` pin (which no longer imports with
+     current click) is relaxed as upstream did, and `detectron2.export` imports caffe2 (gone
+     from torch 2) only if it is there, so TracingAdapter and FlopCountAnalysis import.
 
 Usage: python scripts/install_detectron2.py [--force]
 """
@@ -38,6 +39,8 @@ SDIST_SHA256 = "5d2e9e51e523ec72f6a31cca04b0a515492e9514b773a3d134cedc0677170b29
 SMOKE_TEST = """
 import numpy as np, torch
 import detectron2, detectron2.modeling, detectron2.data.transforms, detectron2.evaluation
+from detectron2.export import TracingAdapter  # needs the optional-caffe2 patch on torch 2
+from detectron2.utils.analysis import FlopCountAnalysis
 from detectron2.structures import PolygonMasks
 from detectron2.utils.collect_env import collect_env_info
 poly = PolygonMasks([[np.array([0, 0, 8, 0, 8, 8, 0, 8], dtype=np.float64)]])
@@ -103,6 +106,15 @@ SETUP_REPLACEMENTS = [
 ]
 
 
+EXPORT_OPTIONAL_CAFFE2 = """try:
+    from caffe2.proto import caffe2_pb2 as _caffe2_pb2  # noqa: F401  (only for caffe2 export)
+except ImportError:
+    pass
+else:
+    from .api import *
+"""
+
+
 def log(msg):
     print(f"[install_detectron2] {msg}", flush=True)
 
@@ -145,6 +157,9 @@ def patch_source(src):
     for old, new in SETUP_REPLACEMENTS:
         replace_exactly(src / "setup.py", old, new)
     replace_exactly(pkg / "data/transforms/transform.py", "Image.LINEAR", "Image.BILINEAR")
+    # v0.6 imports caffe2 (gone from torch 2) whenever detectron2.export is imported, which
+    # TracingAdapter and FlopCountAnalysis need; upstream made that import optional after v0.6.
+    replace_exactly(pkg / "export/__init__.py", "from .api import *\n", EXPORT_OPTIONAL_CAFFE2)
     zoo = pkg / "model_zoo/model_zoo.py"
     replace_exactly(zoo, "import pkg_resources\n", "")
     replace_exactly(zoo, MODEL_ZOO_OLD, MODEL_ZOO_NEW)
@@ -157,7 +172,10 @@ def patch_source(src):
             patched += n
     if patched < 10:  # v0.6 has 20 such uses; fewer means the source is not what we expect
         raise SystemExit(f"patch failed: only {patched} removed NumPy aliases found")
-    log(f"patched: _C stand-in, Pillow, setuptools, model-zoo data, {patched} NumPy aliases")
+    log(
+        f"patched: _C stand-in, Pillow, setuptools, model-zoo data, optional caffe2, {patched} "
+        "NumPy aliases"
+    )
 
 
 def build_and_install():
