@@ -41,6 +41,9 @@ setup(
         "matplotlib",
     ],
     extras_require={
-        "dev": ["pytest>=7", "pytest-timeout", "hypothesis", "ruff"],
+        # COCO evaluation 3-6x faster than pycocotools' when Detectron2 has no compiled ops,
+        # with the same numbers (ms_rcnn/evaluation/cocoeval_backend.py); optional.
+        "fast-eval": ["faster-coco-eval>=1.6,<2"],
+        "dev": ["pytest>=7", "pytest-timeout", "hypothesis", "ruff", "faster-coco-eval>=1.6,<2"],
     },
 )

@@ -2,25 +2,31 @@
 
 Setting: 2 images of 800 x 1333, 8 GT instances each (star polygons, ~24 vertices, 1-2 parts),
 128 positive RoIs per image (jittered GT boxes), 80-class logits at M = 28; GT as BitMasks and
-as PolygonMasks. Both sides include the GT crop (`crop_and_resize`, which Detectron2's mask loss
-also computes), since the reference implementations compute it inside their loop too.
+as PolygonMasks; each RoI tagged with its GT's index, as MaskScoringMixin's sampling does.
 
-Run: .venv/bin/python benchmarks/bench_maskiou_targets.py [--repeats 5]
+Columns: targets from scratch (GT crop + area ratio + IoU, like for like with the loop, which
+crops inside it as the reference implementations do); targets given the crops the mask loss
+computes anyway (what MS R-CNN adds to a training step); the per-RoI loop; Detectron2's own
+`crop_and_resize` and `gt_mask_crops` (the crop shared by the mask loss and the targets).
+
+Run: .venv/bin/python benchmarks/bench_maskiou_targets.py [--repeats 5] [--threads 1]
 """
 
 import argparse
 import os
-import platform
-import statistics
 import sys
-import time
 
 import numpy as np
 import pycocotools.mask as mask_util
 import torch
 from detectron2.structures import BitMasks, Boxes, Instances, PolygonMasks
 
-from ms_rcnn.maskiou_targets import mask_iou_targets
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)
+
+from common import command, machine, median_ms  # noqa: E402
+
+from ms_rcnn.maskiou_targets import gt_mask_crops, mask_iou_targets  # noqa: E402
 
 H, W, M, K, ROIS, GTS = 800, 1333, 28, 80, 128, 8
 
@@ -47,6 +53,7 @@ def make_batch(fmt, rng):
         inst = Instances((H, W))
         inst.proposal_boxes = Boxes(torch.tensor(gt_boxes + jitter, dtype=torch.float32))
         inst.gt_classes = torch.from_numpy(rng.integers(0, K, ROIS))
+        inst.gt_index = torch.from_numpy(match)  # as MaskScoringMixin's sampling tags them
         matched = [polys[j] for j in match]
         if fmt == "polygon":
             inst.gt_masks = PolygonMasks(matched)
@@ -81,17 +88,6 @@ def per_roi_loop(logits, images):
     return torch.tensor(out)
 
 
-def timed(fns, repeats):
-    """Median wall time of each function, calls interleaved so load drift hits all alike."""
-    times, results = [[] for _ in fns], [None] * len(fns)
-    for _ in range(repeats):
-        for j, fn in enumerate(fns):
-            t0 = time.perf_counter()
-            results[j] = fn()
-            times[j].append(time.perf_counter() - t0)
-    return [statistics.median(t) for t in times], results
-
-
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--repeats", type=int, default=5)
@@ -100,28 +96,40 @@ def main():
     if args.threads:
         torch.set_num_threads(args.threads)
     torch.manual_seed(0)
-    print(f"command: {' '.join([sys.executable, *sys.argv])}")
-    print(
-        f"machine: {platform.platform()}, {platform.processor() or platform.machine()}, "
-        f"{os.cpu_count()} CPUs, load avg {os.getloadavg()[0]:.2f}, torch {torch.__version__}, "
-        f"threads {torch.get_num_threads()}"
-    )
+    print(f"Machine: {machine()}")
+    print(f"Command: {command()}")
     print(f"setting: 2 images x {ROIS} RoIs, K={K}, M={M}, {H}x{W}, median of {args.repeats}")
+    print(
+        "| GT format | targets from scratch (crop + ratio + IoU) | given the mask loss's crops "
+        "| per-RoI loop | loop / scratch | loop / given crops | Detectron2 crop alone "
+        "| gt_mask_crops |"
+    )
+    print("|---|---:|---:|---:|---:|---:|---:|---:|")
     for fmt in ("bitmask", "polygon"):
         images = make_batch(fmt, np.random.default_rng(0))
         logits = torch.randn(2 * ROIS, K, M, M)
-        fns = [
-            lambda: mask_iou_targets(logits, images),  # noqa: B023
-            lambda: per_roi_loop(logits, images),  # noqa: B023
-            lambda: [x.gt_masks.crop_and_resize(x.proposal_boxes.tensor, M) for x in images],  # noqa: B023
-        ]
-        (t_vec, t_loop, t_crop), (vec, loop, _) = timed(fns, args.repeats)
-        diff = (vec - loop).abs()
+        crops = torch.cat(gt_mask_crops(images, M))
+        fns = {
+            "scratch": lambda: mask_iou_targets(logits, images),  # noqa: B023
+            "shared": lambda: mask_iou_targets(logits, images, gt_crops=crops),  # noqa: B023
+            "loop": lambda: per_roi_loop(logits, images),  # noqa: B023
+            "d2 crop": lambda: [
+                x.gt_masks.crop_and_resize(x.proposal_boxes.tensor, M)
+                for x in images  # noqa: B023
+            ],
+            "our crop": lambda: gt_mask_crops(images, M),  # noqa: B023
+        }
+        t = median_ms(fns, args.repeats, min_sample_s=0.2)
+        d2_crop = torch.cat(fns["d2 crop"]())
+        assert torch.equal(crops, d2_crop), "gt_mask_crops differs from Detectron2's crop"
+        diff = (fns["scratch"]() - fns["loop"]()).abs()
+        assert torch.equal(fns["scratch"](), fns["shared"]())
         print(
-            f"{fmt:8s} vectorized {t_vec * 1e3:7.1f} ms | per-RoI loop {t_loop * 1e3:7.1f} ms | "
-            f"loop/vectorized x{t_loop / t_vec:4.1f} | Detectron2 crop_and_resize alone "
-            f"{t_crop * 1e3:7.1f} ms | |vec - loop| mean {diff.mean():.4f} max {diff.max():.4f}"
+            f"| {fmt} | {t['scratch']:.1f} ms | {t['shared']:.1f} ms | {t['loop']:.1f} ms | "
+            f"{t['loop'] / t['scratch']:.1f}x | {t['loop'] / t['shared']:.1f}x | "
+            f"{t['d2 crop']:.1f} ms | {t['our crop']:.1f} ms |"
         )
+        print(f"<!-- {fmt}: |vectorized - loop| mean {diff.mean():.5f}, max {diff.max():.4f} -->")
 
 
 if __name__ == "__main__":

@@ -280,16 +280,102 @@ def test_zero_detections(dataset, tmp_path, tasks):
     assert os.path.isfile(os.path.join(out, "maskiou_calibration.png"))
 
 
-def test_fast_impl_falls_back_with_a_log_line(dataset, caplog):
+def test_without_any_fast_cocoeval_falls_back_with_a_log_line(dataset, caplog, monkeypatch):
+    import ms_rcnn.evaluation.coco_evaluation as coco_evaluation
     from ms_rcnn.evaluation import compiled_coco_eval_available
 
     assert not compiled_coco_eval_available()  # this venv has the pure-Python build
+    monkeypatch.setattr(coco_evaluation, "faster_coco_eval_available", lambda: False)
     with caplog.at_level("INFO", logger="ms_rcnn.evaluation.coco_evaluation"):
         evaluator = ms(dataset[0], use_fast_impl=True)
     assert evaluator._use_fast_impl is False
     assert "use_fast_impl=False" in caplog.text
     with pytest.raises(ValueError, match="segm_score_field"):
         ms(dataset[0], segm_score_field="nope")
+
+
+def test_faster_coco_eval_backend_gives_the_official_numbers(dataset, caplog):
+    pytest.importorskip("faster_coco_eval")
+    from detectron2.evaluation import coco_evaluation as d2
+
+    name, _ = dataset
+    original = d2.COCOeval_opt
+    with caplog.at_level("INFO", logger="ms_rcnn.evaluation.coco_evaluation"):
+        fast = ms(name, use_fast_impl=True)
+    assert "faster-coco-eval" in caplog.text and fast._use_fast_impl
+    seen = []
+    monkey = type(fast)._eval_ranked_predictions
+
+    def spy(self, *args):
+        seen.append(d2.COCOeval_opt.__name__)
+        return monkey(self, *args)
+
+    type(fast)._eval_ranked_predictions = spy
+    try:
+        ours = run(fast, ranking_dets())
+    finally:
+        type(fast)._eval_ranked_predictions = monkey
+    assert seen == ["FasterCOCOeval"] and d2.COCOeval_opt is original  # swapped, then restored
+    official = run(ms(name, use_fast_impl=False), ranking_dets())
+    same(ours["bbox"], official["bbox"])
+    same(ours["segm"], official["segm"])
+
+
+@pytest.mark.parametrize("iou_type", ["bbox", "segm"])
+def test_faster_cocoeval_equals_pycocotools_on_random_data(iou_type):
+    """Twelve summary numbers and the whole precision/recall arrays, on 30 random images with
+    crowd GT, several categories and overlapping detections."""
+    pytest.importorskip("faster_coco_eval")
+    import contextlib
+    import io
+
+    from pycocotools import mask as mask_util
+    from pycocotools.coco import COCO
+    from pycocotools.cocoeval import COCOeval
+
+    from ms_rcnn.evaluation.cocoeval_backend import faster_cocoeval_class
+
+    rng = np.random.default_rng(0)
+    images, anns, dets = [], [], []
+    for img_id in range(1, 31):
+        images.append({"id": img_id, "height": 64, "width": 80})
+        for _ in range(int(rng.integers(0, 6))):
+            x, y = rng.uniform(0, 50, 2)
+            w, h = rng.uniform(3, 30, 2)
+            m = np.zeros((64, 80), np.uint8, order="F")
+            m[int(y) : int(y + h), int(x) : int(x + w)] = 1
+            rle = mask_util.encode(m)
+            rle["counts"] = rle["counts"].decode()
+            cat = int(rng.integers(1, 4))
+            anns.append({"id": len(anns) + 1, "image_id": img_id, "category_id": cat,
+                         "bbox": [x, y, w, h], "area": float(m.sum()), "segmentation": rle,
+                         "iscrowd": int(rng.random() < 0.1)})  # fmt: skip
+            for _ in range(int(rng.integers(0, 3))):
+                j = rng.normal(0, 3, 4)
+                dm = np.zeros((64, 80), np.uint8, order="F")
+                y0, x0 = max(int(y + j[1]), 0), max(int(x + j[0]), 0)
+                dm[y0 : int(y + h + j[3]), x0 : int(x + w + j[2])] = 1
+                drle = mask_util.encode(dm)
+                drle["counts"] = drle["counts"].decode()
+                dets.append({"image_id": img_id, "category_id": cat if rng.random() < 0.8 else 1,
+                             "bbox": [x + j[0], y + j[1], w, h], "segmentation": drle,
+                             "score": float(rng.random())})  # fmt: skip
+    with contextlib.redirect_stdout(io.StringIO()):
+        gt = COCO()
+        gt.dataset = {"images": images, "annotations": anns,
+                      "categories": [{"id": c} for c in (1, 2, 3)]}  # fmt: skip
+        gt.createIndex()
+        results = []
+        for cls in (COCOeval, faster_cocoeval_class()):
+            e = cls(gt, gt.loadRes([dict(d) for d in dets]), iou_type)
+            e.evaluate()
+            e.accumulate()
+            e.summarize()
+            results.append(e)
+    official, fast = results
+    np.testing.assert_allclose(fast.stats[:12], official.stats, rtol=0, atol=1e-12)
+    for key in ("precision", "recall"):
+        np.testing.assert_allclose(fast.eval[key], official.eval[key], rtol=0, atol=1e-12)
 
 
 def test_build_from_config(dataset):

@@ -5,8 +5,9 @@
 - segm AP ranks detections by `mask_scores` (= scores * pred_maskiou) while bbox AP keeps the
   classification `scores`, as the official code does; a model without `mask_scores` (plain
   Mask R-CNN) is evaluated exactly like the stock evaluator;
-- it falls back to pycocotools' COCOeval when Detectron2 was built without compiled ops,
-  instead of failing on `COCOeval_opt`;
+- when Detectron2 was built without compiled ops, it evaluates with faster-coco-eval if that is
+  installed, else with pycocotools' COCOeval, instead of failing on `COCOeval_opt` (same
+  numbers either way; see `cocoeval_backend.py`);
 - it adds a mask-quality calibration report (see `calibration.py`) under
   `results["calibration"]`, in `<output_dir>/calibration.json` and as a scatter plot in
   `<output_dir>/maskiou_calibration.png`.
@@ -29,23 +30,15 @@ from .calibration import (
     save_calibration,
     summarize_calibration,
 )
+from .cocoeval_backend import (
+    compiled_coco_eval_available,
+    fast_coco_eval_backend,
+    faster_coco_eval_available,
+)
 
 __all__ = ["MaskScoringCOCOEvaluator", "build_ms_rcnn_evaluator", "compiled_coco_eval_available"]
 
 logger = logging.getLogger(__name__)
-
-
-def compiled_coco_eval_available() -> bool:
-    """Whether Detectron2's compiled ops (and so `COCOeval_opt`) are really there.
-
-    ms-rcnn's pure-Python Detectron2 build installs a stand-in `detectron2._C` that imports
-    fine but marks itself with `PURE_PYTHON_STANDIN = True`; its ops raise when called.
-    """
-    try:
-        from detectron2 import _C
-    except ImportError:
-        return False
-    return not getattr(_C, "PURE_PYTHON_STANDIN", False)
 
 
 def add_score_fields(coco_dets, instances) -> None:
@@ -93,8 +86,9 @@ class MaskScoringCOCOEvaluator(COCOEvaluator):
                 (MS R-CNN), "scores" (the stock ranking: the same-weights ablation) or
                 "pred_maskiou". Detections without it fall back to "scores".
             calibration (bool): compute the mask-quality calibration report.
-            use_fast_impl (bool): as for `COCOEvaluator`; forced to False (with a log line)
-                when Detectron2 has no compiled ops.
+            use_fast_impl (bool): as for `COCOEvaluator`: True picks the fastest COCOeval there
+                is (Detectron2's compiled one, else faster-coco-eval, else pycocotools'); False
+                always runs pycocotools' official COCOeval.
             kwargs: passed to `COCOEvaluator` (`max_dets_per_image`, `kpt_oks_sigmas`, ...).
         """
         if segm_score_field not in JSON_SCORE_KEYS:
@@ -102,12 +96,21 @@ class MaskScoringCOCOEvaluator(COCOEvaluator):
                 f"segm_score_field must be one of {sorted(JSON_SCORE_KEYS)}, "
                 f"got {segm_score_field!r}"
             )
+        self._faster_coco_eval = False
         if use_fast_impl and not compiled_coco_eval_available():
-            logger.info(
-                "Detectron2 has no compiled ops: evaluating with pycocotools' official COCOeval "
-                "(use_fast_impl=False); the numbers are the official ones, only slower."
-            )
-            use_fast_impl = False
+            if faster_coco_eval_available():
+                logger.info(
+                    "Detectron2 has no compiled ops: evaluating with faster-coco-eval (the same "
+                    "numbers as pycocotools' COCOeval)."
+                )
+                self._faster_coco_eval = True
+            else:
+                logger.info(
+                    "Detectron2 has no compiled ops: evaluating with pycocotools' official "
+                    "COCOeval (use_fast_impl=False); the numbers are the official ones, only "
+                    "slower (`pip install faster-coco-eval` for a faster one)."
+                )
+                use_fast_impl = False
         super().__init__(
             dataset_name, tasks, distributed, output_dir, use_fast_impl=use_fast_impl, **kwargs
         )
@@ -141,6 +144,11 @@ class MaskScoringCOCOEvaluator(COCOEvaluator):
                 setattr(self, name, value)
 
     def _eval_predictions(self, predictions, img_ids=None):
+        backend = fast_coco_eval_backend() if self._faster_coco_eval else contextlib.nullcontext()
+        with backend:
+            self._eval_ranked_predictions(predictions, img_ids)
+
+    def _eval_ranked_predictions(self, predictions, img_ids=None):
         """Run the parent's evaluation, with segm ranked by the mask score, then calibration.
 
         The parent's `_evaluate_predictions_on_coco` changed signature between Detectron2

@@ -1,0 +1,64 @@
+"""Which COCOeval runs: Detectron2's compiled one, faster-coco-eval's, or pycocotools'.
+
+Detectron2's `COCOEvaluator(use_fast_impl=True)` uses `COCOeval_opt`, which needs Detectron2's
+compiled ops; the pure-Python build ms-rcnn installs has none, so the stock evaluator would fall
+back to pycocotools' pure-Python `COCOeval` (3-6x slower, see docs/BENCHMARKS.md). When the
+`faster-coco-eval` package (C++ wheels on PyPI, `pip install faster-coco-eval`) is installed,
+`MaskScoringCOCOEvaluator` uses it instead. Its results equal pycocotools' (tests compare the
+twelve summary numbers and the whole precision array).
+"""
+
+import contextlib
+import importlib.util
+
+__all__ = ["compiled_coco_eval_available", "faster_coco_eval_available", "fast_coco_eval_backend"]
+
+
+def compiled_coco_eval_available() -> bool:
+    """Whether Detectron2's compiled ops (and so `COCOeval_opt`) are really there.
+
+    ms-rcnn's pure-Python Detectron2 build installs a stand-in `detectron2._C` that imports
+    fine but marks itself with `PURE_PYTHON_STANDIN = True`; its ops raise when called.
+    """
+    try:
+        from detectron2 import _C
+    except ImportError:
+        return False
+    return not getattr(_C, "PURE_PYTHON_STANDIN", False)
+
+
+def faster_coco_eval_available() -> bool:
+    return importlib.util.find_spec("faster_coco_eval") is not None
+
+
+def faster_cocoeval_class():
+    """A COCOeval-compatible class on faster-coco-eval that takes pycocotools COCO objects.
+
+    Detectron2 calls `cls(coco_gt, coco_dt, iou_type)` with pycocotools objects (coco_dt made
+    by `coco_gt.loadRes`, so its annotations already carry areas, ids and RLE masks); the
+    faster-coco-eval indexes are built from the same dataset dicts.
+    """
+    from faster_coco_eval import COCO, COCOeval_faster
+
+    class FasterCOCOeval(COCOeval_faster):
+        def __init__(self, coco_gt=None, coco_dt=None, iou_type="segm"):
+            super().__init__(COCO(coco_gt.dataset), COCO(coco_dt.dataset), iou_type)
+
+    return FasterCOCOeval
+
+
+@contextlib.contextmanager
+def fast_coco_eval_backend():
+    """While active, Detectron2's `use_fast_impl=True` evaluation runs faster-coco-eval.
+
+    Detectron2's `_evaluate_predictions_on_coco` picks the module-level `COCOeval_opt`; there is
+    no other hook, so this swaps that name for the duration of one evaluation and restores it.
+    """
+    from detectron2.evaluation import coco_evaluation
+
+    saved = coco_evaluation.COCOeval_opt
+    coco_evaluation.COCOeval_opt = faster_cocoeval_class()
+    try:
+        yield
+    finally:
+        coco_evaluation.COCOeval_opt = saved
