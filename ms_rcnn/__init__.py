@@ -17,6 +17,8 @@ except ImportError as e:
         "Detectron2 from an upstream git checkout. See README.md, 'Installing'."
     ) from e
 
+from .box_predictor import SoftNMSFastRCNNOutputLayers
+from .cascade import CascadeMaskScoringROIHeads
 from .config import add_ms_rcnn_config
 from .mask_scoring import MaskScoringMixin
 from .maskiou_head import (
@@ -43,7 +45,9 @@ __all__ = [
     "mask_iou_inference",
     "MaskScoringMixin",
     "MaskScoringROIHeads",
+    "CascadeMaskScoringROIHeads",
     "SoftNMSROIHeads",
+    "SoftNMSFastRCNNOutputLayers",
     "MaskScoringRCNNWithTTA",
     "soft_nms",
     "batched_soft_nms",

@@ -23,7 +23,7 @@ from detectron2.modeling.roi_heads.mask_head import (
     mask_rcnn_inference,
     mask_rcnn_loss,
 )
-from detectron2.modeling.roi_heads.roi_heads import select_foreground_proposals
+from detectron2.modeling.roi_heads.roi_heads import StandardROIHeads, select_foreground_proposals
 from detectron2.structures import Instances
 from detectron2.utils.events import get_event_storage
 from torch import nn
@@ -83,6 +83,15 @@ class MaskScoringMixin:
             raise ValueError(
                 f"{name} needs the mask branch with its own RoI pooler: set MODEL.MASK_ON=True "
                 "(and keep ROI_MASK_HEAD.POOLER_TYPE set)"
+            )
+        replaced = _replaced_mask_branch(type(self))
+        if replaced is not None:
+            # The mixin's _forward_mask would silently take the place of that class's own.
+            raise TypeError(
+                f"{name} puts MaskScoringMixin before {replaced.__qualname__}, which overrides "
+                "_forward_mask: its mask branch would be replaced, not scored. The mixin fits "
+                "ROI heads that keep StandardROIHeads._forward_mask (see "
+                "docs/USING_IN_YOUR_PROJECT.md for other mask branches)"
             )
         if not isinstance(self.mask_head, BaseMaskRCNNHead):
             raise TypeError(
@@ -200,6 +209,16 @@ class MaskScoringMixin:
             storage.put_scalar("maskiou/mean_target", float(targets[positive].mean()))
             storage.put_scalar("maskiou/mean_pred", float(pred.mean()))
             storage.put_scalar("maskiou/abs_error", float((pred - targets[positive]).abs().mean()))
+
+
+def _replaced_mask_branch(cls):
+    """The class after MaskScoringMixin in `cls`'s MRO whose `_forward_mask` the mixin
+    overrides, if that is not StandardROIHeads' (None for StandardROIHeads, CascadeROIHeads)."""
+    mro = cls.__mro__
+    for klass in mro[mro.index(MaskScoringMixin) + 1 :]:
+        if "_forward_mask" in vars(klass):
+            return None if klass is StandardROIHeads else klass
+    return None
 
 
 class _CroppedMasks:

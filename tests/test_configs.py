@@ -64,12 +64,23 @@ def test_add_config_is_idempotent_and_keeps_user_values():
     assert "ROI_MASKIOU_HEAD" not in get_cfg().MODEL  # Detectron2's defaults stay untouched
 
 
-def test_baseline_and_ms_rcnn_twins_differ_only_in_roi_heads():
+@pytest.mark.parametrize("prefix,minimum", [("ms_rcnn_", 4), ("cascade_ms_rcnn_", 2)])
+def test_baseline_and_ms_rcnn_twins_differ_only_in_roi_heads(prefix, minimum):
     folder = CONFIG_DIR / "COCO-InstanceSegmentation"
-    twins = sorted(folder.glob("ms_rcnn_*.yaml"))
-    assert len(twins) >= 4
+    twins = sorted(folder.glob(f"{prefix}*.yaml"))
+    assert len(twins) >= minimum
     for ms_path in twins:
         base_path = folder / ms_path.name.replace("ms_rcnn_", "mask_rcnn_")
         ms, base = _flatten(load(ms_path)), _flatten(load(base_path))
         differing = {k for k in ms if ms[k] != base[k]}
         assert differing == {"MODEL.ROI_HEADS.NAME"}, (ms_path.name, differing)
+
+
+@pytest.mark.parametrize("schedule", ["1x", "3x"])
+def test_cascade_baseline_agrees_with_model_zoo(schedule):
+    from detectron2 import model_zoo
+
+    name = f"cascade_mask_rcnn_R_50_FPN_{schedule}.yaml"
+    ours = _flatten(load(CONFIG_DIR / "COCO-InstanceSegmentation" / name))
+    theirs = _flatten(load(model_zoo.get_config_file(f"Misc/{name}")))
+    assert ours == theirs  # and the twin test ties cascade_ms_rcnn_* to these
