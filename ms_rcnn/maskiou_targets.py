@@ -231,9 +231,11 @@ def _bitmask_area_ratio(masks: torch.Tensor, index: torch.Tensor, boxes: torch.T
     every pixel weighted by the fraction of it the box covers. Parts of the box outside the image
     cover no pixel. Both terms are in image pixels, so r is unit-consistent.
 
-    The covered area A(x, y) of [0, x] x [0, y] is bilinear inside each pixel, so bilinear
-    interpolation of the integral image at the four box corners gives it exactly: one integral
-    image per distinct GT (``masks``), then O(1) per RoI, on any device.
+    Along one pixel row, the covered count of [0, x] is linear inside each pixel, so linear
+    interpolation of the row's prefix counts at x1 and x2 gives the row's exact coverage; each row
+    is then weighted by the fraction of it the box covers vertically. One prefix sum per distinct
+    GT (``masks``), along rows (contiguous memory, the fast direction) and only over the rectangle
+    its RoIs touch, then a few gathers per (RoI, box row) pair, on any device.
 
     Args:
         masks: (U, H, W) bool, the distinct GT masks.
@@ -244,36 +246,51 @@ def _bitmask_area_ratio(masks: torch.Tensor, index: torch.Tensor, boxes: torch.T
         (R,) float64 r in [0, 1], on ``masks.device``; 0 for a zero-area mask.
     """
     num, height, width = masks.shape
-    b = boxes.to(device=masks.device, dtype=torch.float64)
+    device = masks.device
+    b = boxes.to(device=device, dtype=torch.float64)
     x1, x2 = b[:, 0].clamp(0, width), b[:, 2].clamp(0, width)
     y1, y2 = b[:, 1].clamp(0, height), b[:, 3].clamp(0, height)
-    inside = torch.zeros(len(boxes), dtype=torch.float64, device=masks.device)
-    whole = torch.zeros(len(boxes), dtype=torch.float64, device=masks.device)
-    chunk = max(1, _BITMASK_CHUNK_ELEMS // max(1, height * width))
-    for s in range(0, num, chunk):  # chunks of distinct masks bound the integral images' memory
-        sel = ((index >= s) & (index < s + chunk)).nonzero().squeeze(1)
+    # One entry per (RoI, touched row); an inverted or empty box touches none.
+    row0 = y1.floor().long()
+    nrows = torch.where((x2 > x1) & (y2 > y1), y2.ceil().long() - row0, torch.zeros_like(row0))
+    roi = torch.repeat_interleave(torch.arange(len(boxes), device=device), nrows)
+    starts = torch.cumsum(nrows, 0) - nrows
+    y = row0[roi] + torch.arange(len(roi), device=device) - starts[roi]
+    cover_y = torch.minimum(y2[roi], y + 1.0) - torch.maximum(y1[roi], y.double())
+    rx1, rx2 = x1[roi], x2[roi]
+    j1, j2 = rx1.floor().long().clamp(max=width - 1), rx2.floor().long().clamp(max=width - 1)
+
+    mask_of_row = index[roi]
+    row_in = torch.zeros(len(roi), dtype=torch.float64, device=device)
+    for k in range(num):  # each distinct GT mask once (a loop over GTs, not over RoIs)
+        sel = (mask_of_row == k).nonzero().squeeze(1)
         if len(sel) == 0:
             continue
-        # S[k, i, j] = count of mask k in rows < i and columns < j: exact int32 counts (an image
-        # has < 2^31 pixels), padded with a zero first row and column.
-        part = masks[s : s + chunk].to(torch.int32)
-        integral = torch.nn.functional.pad(part.cumsum(1).cumsum(2), (1, 0, 1, 0)).flatten(1)
-        k = index[sel] - s
+        # Prefix counts over just the rectangle its RoIs' rows and columns touch; columns left
+        # of it add the same count at x1 and x2, which cancels in the difference.
+        r0, r1 = int(y[sel].min()), int(y[sel].max()) + 1
+        c0, c1 = int(j1[sel].min()), int(j2[sel].max()) + 1
+        prefix = masks[k, r0:r1, c0:c1].view(torch.uint8).cumsum(1, dtype=torch.int32)
+        flat = torch.nn.functional.pad(prefix, (1, 0)).flatten()
+        base = (y[sel] - r0) * (c1 - c0 + 1) - c0
 
-        def covered(x, y, k=k, integral=integral):  # A(x, y) of each selected RoI's mask
-            j = x.floor().long().clamp(max=width - 1)
-            i = y.floor().long().clamp(max=height - 1)
-            fx, fy = x - j, y - i
-            at = lambda di, dj: integral[k, (i + di) * (width + 1) + j + dj].double()  # noqa: E731
-            top = at(0, 0) * (1 - fx) + at(0, 1) * fx
-            return top * (1 - fy) + (at(1, 0) * (1 - fx) + at(1, 1) * fx) * fy
+        def count(x, j, base=base, flat=flat):  # covered count of [c0, x] on each selected row
+            lo, hi = flat[base + j].double(), flat[base + j + 1].double()
+            return lo + (x - j) * (hi - lo)
 
-        bx1, bx2, by1, by2 = x1[sel], x2[sel], y1[sel], y2[sel]
-        area = covered(bx2, by2) - covered(bx1, by2) - covered(bx2, by1) + covered(bx1, by1)
-        # An inverted or empty box covers nothing (its corners would give area <= 0).
-        inside[sel] = torch.where((bx2 > bx1) & (by2 > by1), area, torch.zeros_like(area))
-        whole[sel] = integral[k, -1].double()
-    return _safe_ratio(inside, whole)
+        row_in[sel] = count(rx2[sel], j2[sel]) - count(rx1[sel], j1[sel])
+    whole = _count_true(masks.flatten(1)).to(device=device, dtype=torch.float64)
+    inside = torch.zeros(len(boxes), dtype=torch.float64, device=device)
+    inside.index_add_(0, roi, cover_y * row_in)
+    return _safe_ratio(inside, whole[index])
+
+
+def _count_true(rows: torch.Tensor) -> torch.Tensor:
+    """Number of True values in each row of a 2-D bool tensor. On the CPU numpy's count is ~10x
+    faster than torch's reductions over bools (3.5 vs 40 ms for 8 masks of 800 x 1333)."""
+    if rows.device.type == "cpu":
+        return torch.from_numpy(np.count_nonzero(rows.numpy(), axis=1))
+    return rows.sum(1)
 
 
 def _safe_ratio(inside: torch.Tensor, whole: torch.Tensor) -> torch.Tensor:
