@@ -6,17 +6,19 @@ datasets and call `main` (or use `Trainer` directly) the same way.
 
 import logging
 import os
+import weakref
 from collections import OrderedDict
 
 import torch
-from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.config import get_cfg
 from detectron2.engine import DefaultTrainer, default_setup, hooks
 from detectron2.evaluation import verify_results
+from detectron2.layers import FrozenBatchNorm2d
 from detectron2.utils import comm
 
 from . import data  # noqa: F401  (registers the synthetic_shapes datasets for YAML configs)
 from .box_predictor import SoftNMSFastRCNNOutputLayers
+from .checkpoint import MSRCNNCheckpointer
 from .config import add_ms_rcnn_config
 from .evaluation import build_ms_rcnn_evaluator, save_eval_results
 from .tta import MaskScoringRCNNWithTTA
@@ -29,8 +31,11 @@ logger = logging.getLogger(__name__)
 def freeze_all_but_maskiou(model) -> int:
     """Freeze every parameter outside the MaskIoU head; return how many stay trainable.
 
-    Batch-norm layers of the backbone are frozen already (FrozenBatchNorm2d) in the default
-    configs, so a frozen model computes exactly what the checkpoint it started from did.
+    A frozen model must compute exactly what the checkpoint it started from did, so trainable
+    BatchNorm layers outside the head become FrozenBatchNorm2d: in training mode they would
+    otherwise keep updating their running statistics. With no parameter needing a gradient
+    outside the head, autograd records nothing there (whatever DETACH_MASK/DETACH_FEATURES
+    say), so a step back-propagates through the head only.
     """
     roi_heads = getattr(model, "roi_heads", None)
     head = getattr(roi_heads, "maskiou_head", None)
@@ -39,6 +44,12 @@ def freeze_all_but_maskiou(model) -> int:
             "MODEL.ROI_MASKIOU_HEAD.TRAIN_ONLY_MASKIOU=True needs a model with a MaskIoU head "
             "(MODEL.ROI_HEADS.NAME: MaskScoringROIHeads)"
         )
+    for name, child in list(model.named_children()):
+        if child is not roi_heads:
+            setattr(model, name, FrozenBatchNorm2d.convert_frozen_batchnorm(child))
+    for name, child in list(roi_heads.named_children()):
+        if child is not head:
+            setattr(roi_heads, name, FrozenBatchNorm2d.convert_frozen_batchnorm(child))
     for p in model.parameters():
         p.requires_grad_(False)
     for p in head.parameters():
@@ -60,7 +71,36 @@ def check_soft_nms_supported(cfg, model) -> None:
 
 
 class Trainer(DefaultTrainer):
-    """DefaultTrainer that evaluates with MaskScoringCOCOEvaluator and saves the results."""
+    """DefaultTrainer that evaluates with MaskScoringCOCOEvaluator and saves the results.
+
+    Its checkpoints are written atomically and hold the optimizer state (Detectron2 0.6's
+    DefaultTrainer saves only the iteration and the scheduler, so a resumed run restarted
+    SGD momentum from zero); resuming refuses a checkpoint that does not fit the model.
+    """
+
+    def __init__(self, cfg):
+        super().__init__(cfg)
+        self.checkpointer = MSRCNNCheckpointer(
+            self._trainer.model, cfg.OUTPUT_DIR, trainer=weakref.proxy(self)
+        )
+        for hook in self._hooks:  # the periodic saver was built with Detectron2's checkpointer
+            if isinstance(hook, hooks.PeriodicCheckpointer):
+                hook.checkpointer = self.checkpointer
+
+    def state_dict(self):
+        ret = super().state_dict()
+        ret["_trainer"] = self._trainer.state_dict()  # the optimizer (and AMP's grad scaler)
+        return ret
+
+    def load_state_dict(self, state_dict):
+        super().load_state_dict(state_dict)
+        if "_trainer" in state_dict:
+            self._trainer.load_state_dict(state_dict["_trainer"])
+        else:
+            logger.warning(
+                "The checkpoint has no optimizer state (written by Detectron2's DefaultTrainer): "
+                "resuming with fresh SGD momentum"
+            )
 
     @classmethod
     def build_model(cls, cfg):
@@ -126,9 +166,14 @@ def main(args):
     cfg = setup(args)
     if args.eval_only:
         model = Trainer.build_model(cfg)
-        DetectionCheckpointer(model, save_dir=cfg.OUTPUT_DIR).resume_or_load(
-            cfg.MODEL.WEIGHTS, resume=args.resume
-        )
+        # Strict: evaluating a model with re-initialized layers would be a silent wrong result.
+        checkpointer = MSRCNNCheckpointer(model, save_dir=cfg.OUTPUT_DIR, strict=True)
+        if not cfg.MODEL.WEIGHTS and not (args.resume and checkpointer.has_checkpoint()):
+            raise ValueError(
+                "--eval-only needs trained weights: set MODEL.WEIGHTS (or --resume with a "
+                f"checkpoint in OUTPUT_DIR={cfg.OUTPUT_DIR}); it would evaluate random weights"
+            )
+        checkpointer.resume_or_load(cfg.MODEL.WEIGHTS, resume=args.resume)
         results = Trainer.test(cfg, model)
         if cfg.TEST.AUG.ENABLED:
             results.update(Trainer.test_with_TTA(cfg, model))

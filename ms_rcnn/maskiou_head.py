@@ -124,7 +124,8 @@ class MaskIoUHead(nn.Module):
         Returns:
             (R, num_classes) predicted mask IoU per class, unbounded.
         """
-        self._check_inputs(features, mask_probs)
+        if not torch.jit.is_tracing():  # a traced check is constant-folded away (and warns)
+            self._check_inputs(features, mask_probs)
         pooled_mask = F.max_pool2d(mask_probs, kernel_size=2, stride=2)
         x = torch.cat([features, pooled_mask], dim=1)
         for conv in self.convs:
@@ -161,7 +162,58 @@ def build_maskiou_head(cfg, input_shape: ShapeSpec) -> nn.Module:
             f"MODEL.ROI_MASKIOU_HEAD.NAME={name!r} is not registered in ROI_MASKIOU_HEAD_REGISTRY "
             f"(known: {known}). Import the module that registers it before building the model."
         )
-    return ROI_MASKIOU_HEAD_REGISTRY.get(name)(cfg, input_shape)
+    head = ROI_MASKIOU_HEAD_REGISTRY.get(name)(cfg, input_shape)
+    _check_shapes_at_build(cfg, input_shape, head)
+    return head
+
+
+def _check_shapes_at_build(cfg, input_shape: ShapeSpec, head: nn.Module) -> None:
+    """Refuse, when the model is built, a mask head or MaskIoU head whose shapes do not chain.
+
+    The MaskIoU head reads S x S RoI features and the mask head's 2S x 2S masks. A custom mask
+    head with another output size, or a MaskIoU head that does not accept `input_shape`, would
+    otherwise fail at the first training step inside torch, without naming a config key. Both
+    heads run once on one zero RoI, in eval mode without gradients, under a forked RNG: nothing
+    they hold or the random stream changes.
+    """
+    from detectron2.modeling.roi_heads.mask_head import BaseMaskRCNNHead, build_mask_head
+
+    c, s = input_shape.channels, input_shape.height
+    keys = (
+        f"MODEL.ROI_MASK_HEAD.POOLER_RESOLUTION={s}, RoI feature channels {c} "
+        "(MODEL.FPN.OUT_CHANNELS / ROI_HEADS.IN_FEATURES)"
+    )
+    with torch.random.fork_rng(devices=[]), torch.no_grad():
+        mask_head = build_mask_head(cfg, input_shape)
+        if isinstance(mask_head, BaseMaskRCNNHead):
+            mask_head.eval()
+            out = mask_head.layers(torch.zeros(1, c, s, s))
+            if out.dim() != 4 or tuple(out.shape[2:]) != (2 * s, 2 * s):
+                raise ValueError(
+                    f"MODEL.ROI_MASK_HEAD.NAME={cfg.MODEL.ROI_MASK_HEAD.NAME!r} maps {s}x{s} RoI "
+                    f"features to masks of shape {tuple(out.shape)}, but "
+                    f"MODEL.ROI_MASKIOU_HEAD.NAME={cfg.MODEL.ROI_MASKIOU_HEAD.NAME!r} needs "
+                    f"{2 * s}x{2 * s} masks (twice {keys})"
+                )
+        was_training = head.training
+        head.eval()
+        try:
+            pred = head(torch.zeros(1, c, s, s), torch.zeros(1, 1, 2 * s, 2 * s))
+        except (RuntimeError, ValueError) as e:
+            raise ValueError(
+                f"MODEL.ROI_MASKIOU_HEAD.NAME={cfg.MODEL.ROI_MASKIOU_HEAD.NAME!r} does not accept "
+                f"RoI features of shape (R, {c}, {s}, {s}) and masks (R, 1, {2 * s}, {2 * s}) "
+                f"({keys}): {e}"
+            ) from e
+        finally:
+            head.train(was_training)
+    num_classes = cfg.MODEL.ROI_HEADS.NUM_CLASSES
+    if tuple(pred.shape) != (1, num_classes):
+        raise ValueError(
+            f"MODEL.ROI_MASKIOU_HEAD.NAME={cfg.MODEL.ROI_MASKIOU_HEAD.NAME!r} returns shape "
+            f"{tuple(pred.shape)} per RoI, expected (R, {num_classes}) "
+            "(MODEL.ROI_HEADS.NUM_CLASSES)"
+        )
 
 
 def select_class_column(values: torch.Tensor, classes: torch.Tensor) -> torch.Tensor:
@@ -219,8 +271,10 @@ def mask_iou_inference(
             unclamped negative value would turn a confident detection into the lowest score).
         overwrite_scores: also set `scores` = `mask_scores`.
     """
-    num_per_image = [len(x) for x in pred_instances]
-    if sum(num_per_image) != pred_maskiou.shape[0]:
+    # Sizes from `.shape`, not len(): under torch.jit.trace they stay symbolic, so a traced
+    # model splits by each input's own detection counts (len() would freeze the traced ones).
+    num_per_image = [x.pred_classes.shape[0] for x in pred_instances]
+    if not torch.jit.is_tracing() and sum(num_per_image) != pred_maskiou.shape[0]:
         raise ValueError(
             f"mask_iou_inference: {pred_maskiou.shape[0]} predictions for "
             f"{sum(num_per_image)} detections"

@@ -38,3 +38,80 @@ def test_cuda_device_without_gpu_is_named(tmp_path):
     args = SimpleNamespace(config_file=str(config), opts=[], eval_only=False)
     with pytest.raises(ValueError, match="MODEL.DEVICE cpu"):
         setup(args)
+
+
+def baseline_then_head_only(tmp_path, norm="FrozenBN"):
+    """A baseline Mask R-CNN, saved; MS R-CNN built from it with TRAIN_ONLY_MASKIOU."""
+    from ms_rcnn.checkpoint import MSRCNNCheckpointer
+
+    torch.manual_seed(0)
+    cfg = tiny_cfg("StandardROIHeads")
+    cfg.MODEL.RESNETS.NORM = norm
+    baseline = build_model(cfg)
+    MSRCNNCheckpointer(baseline, str(tmp_path)).save("baseline")
+    torch.manual_seed(1)  # other initial weights: everything shared must come from the file
+    cfg.MODEL.ROI_HEADS.NAME = "MaskScoringROIHeads"
+    cfg.MODEL.ROI_MASKIOU_HEAD.TRAIN_ONLY_MASKIOU = True
+    cfg.SOLVER.BASE_LR = 0.05
+    model = Trainer.build_model(cfg)
+    MSRCNNCheckpointer(model).resume_or_load(str(tmp_path / "baseline.pth"), resume=False)
+    return cfg, baseline, model
+
+
+def test_baseline_checkpoint_loads_every_shared_layer(tmp_path, caplog):
+    import logging
+
+    with caplog.at_level(logging.INFO):
+        _, baseline, model = baseline_then_head_only(tmp_path)
+    shared = baseline.state_dict()
+    state = model.state_dict()
+    assert set(state) - set(shared) == {k for k in state if ".maskiou_head." in k}
+    assert all(torch.equal(state[k], v) for k, v in shared.items())
+    messages = [r.getMessage() for r in caplog.records]
+    assert any("except the MaskIoU head, which is new" in m for m in messages), messages
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
+
+
+@pytest.mark.parametrize("norm", ["FrozenBN", "BN"])
+def test_head_only_training_keeps_the_baseline_exactly(tmp_path, norm):
+    """Frozen steps compute no gradient outside the head, leave every other parameter and
+    buffer (BN statistics too) bit-identical, so boxes and masks are the baseline's."""
+    from conftest import make_batch
+    from detectron2.utils.events import EventStorage
+
+    cfg, baseline, model = baseline_then_head_only(tmp_path, norm)
+    probe = make_batch("polygon", seed=7)
+
+    def predict(m):
+        m.eval()
+        with torch.no_grad():
+            return [x["instances"] for x in m(probe)]
+
+    start = predict(model)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    optimizer = Trainer.build_optimizer(cfg, model)
+    model.train()
+    with EventStorage(0):
+        for step in range(3):
+            losses = model(make_batch("polygon", seed=step))
+            optimizer.zero_grad()
+            sum(losses.values()).backward()
+            optimizer.step()
+    for name, p in model.named_parameters():
+        if ".maskiou_head." not in name:
+            assert p.grad is None, name
+    after = model.state_dict()
+    changed = {k for k in after if not torch.equal(after[k], before[k])}
+    assert changed and all(".maskiou_head." in k for k in changed), changed
+
+    # The same detections and masks as before training; with FrozenBN (no conversion) also
+    # bit-identical to the baseline model itself. Only the mask scores changed.
+    references = [start] + ([predict(baseline)] if norm == "FrozenBN" else [])
+    got = predict(model)
+    for reference in references:
+        for w, g in zip(reference, got):
+            assert len(w) > 0
+            assert torch.equal(w.pred_boxes.tensor, g.pred_boxes.tensor)
+            assert torch.equal(w.scores, g.scores) and torch.equal(w.pred_classes, g.pred_classes)
+            assert torch.equal(w.pred_masks, g.pred_masks)
+    assert not all(torch.equal(a.mask_scores, b.mask_scores) for a, b in zip(start, got))

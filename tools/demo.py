@@ -4,6 +4,8 @@
     python tools/demo.py                  # one seed per arm, the configs' schedule (~25 min)
     python tools/demo.py --iters 100      # a quick look (AP will be low)
     python tools/demo.py --seeds 1 2 3    # the figures in the README
+    python tools/demo.py --seeds 1 2 3 --arms mask_rcnn ms_rcnn ms_rcnn_head_only
+                                          # also add mask scoring to each trained baseline
 
 Steps: generate the synthetic_shapes datasets (cached under $MS_RCNN_DATASETS or ./datasets),
 train each arm with the same seed through tools/train_net.py (one subprocess per run, full log
@@ -24,9 +26,15 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ARMS = {
     "mask_rcnn": "configs/demo/mask_rcnn_R_18_demo.yaml",
     "ms_rcnn": "configs/demo/ms_rcnn_R_18_demo.yaml",
+    # MS R-CNN from the same seed's trained baseline (mask_rcnn_s<seed>/model_final.pth),
+    # training only the MaskIoU head: the "add mask scoring to an existing model" workflow.
+    "ms_rcnn_head_only": "configs/demo/ms_rcnn_R_18_demo_maskiou_only.yaml",
 }
+# The head-only schedule is this fraction of the full one (its config: 200 of 600 iterations).
+HEAD_ONLY_FRACTION = 3
 CALIBRATION_PLOT = "maskiou_calibration.png"
 ETA_LINE = re.compile(r"eta: (\S+)\s+iter: (\d+)\s+total_loss: ([\d.]+)")
+SPEED_LINE = re.compile(r"Overall training speed: (\d+) iterations in (\S+) \(([\d.]+) s / it\)")
 
 
 def parse_args():
@@ -34,7 +42,13 @@ def parse_args():
     parser.add_argument("--iters", type=int, default=None, help="training iterations per run")
     parser.add_argument("--seeds", type=int, nargs="+", default=[1], help="one run per seed")
     parser.add_argument("--output-dir", default=os.path.join(ROOT, "output", "demo"))
-    parser.add_argument("--arms", nargs="+", default=list(ARMS), choices=list(ARMS))
+    parser.add_argument("--arms", nargs="+", default=["mask_rcnn", "ms_rcnn"], choices=list(ARMS))
+    parser.add_argument(
+        "--baseline-dir",
+        default=None,
+        help="where ms_rcnn_head_only finds mask_rcnn_s<seed>/model_final.pth (default: "
+        "--output-dir)",
+    )
     parser.add_argument("--soft-nms", action="store_true", help="evaluate with Soft-NMS")
     parser.add_argument("opts", nargs=argparse.REMAINDER, help="extra KEY VALUE config overrides")
     return parser.parse_args()
@@ -42,18 +56,47 @@ def parse_args():
 
 def run_overrides(args, seed, arm="ms_rcnn"):
     opts = ["SEED", str(seed)]
+    if arm == "ms_rcnn_head_only":
+        checkpoint = baseline_checkpoint(args, seed)
+        if not os.path.isfile(checkpoint):
+            raise SystemExit(
+                f"ms_rcnn_head_only (seed {seed}) starts from the baseline's {checkpoint}, which "
+                "does not exist: run the mask_rcnn arm first (or pass --baseline-dir)"
+            )
+        opts += ["MODEL.WEIGHTS", checkpoint]
     if args.iters is not None:
         if args.iters < 1:
             raise SystemExit("--iters must be >= 1")
+        iters = args.iters
+        if arm == "ms_rcnn_head_only":  # keep its share of the full schedule
+            iters = max(1, iters // HEAD_ONLY_FRACTION)
         # Keep the schedule's shape: warm-up, then two LR drops at 75% and 92%.
-        steps = (max(1, int(args.iters * 0.75)), max(1, int(args.iters * 0.92)))
-        opts += ["SOLVER.MAX_ITER", str(args.iters), "SOLVER.STEPS", str(steps)]
-        opts += ["SOLVER.WARMUP_ITERS", str(min(100, max(1, args.iters // 5)))]
+        steps = (max(1, int(iters * 0.75)), max(1, int(iters * 0.92)))
+        opts += ["SOLVER.MAX_ITER", str(iters), "SOLVER.STEPS", str(steps)]
+        opts += ["SOLVER.WARMUP_ITERS", str(min(100, max(1, iters // 5)))]
     if args.soft_nms:
         opts += ["TEST.SOFT_NMS.ENABLED", "True"]
         if arm == "mask_rcnn":  # StandardROIHeads plus the Soft-NMS box predictor, nothing else
             opts += ["MODEL.ROI_HEADS.NAME", "SoftNMSROIHeads"]
     return opts + list(args.opts)
+
+
+def baseline_checkpoint(args, seed):
+    base = getattr(args, "baseline_dir", None) or args.output_dir
+    return os.path.join(base, f"mask_rcnn_s{seed}", "model_final.pth")
+
+
+def training_speed(out_dir):
+    """(iterations, seconds per iteration) from a run's log, or None if it did not finish."""
+    try:
+        with open(os.path.join(out_dir, "log.txt")) as f:
+            matches = SPEED_LINE.findall(f.read())
+    except OSError:
+        return None
+    if not matches:
+        return None
+    iters, _, per_iter = matches[-1]
+    return int(iters), float(per_iter)
 
 
 def read_record(out_dir):
@@ -112,6 +155,20 @@ def train_one(arm, seed, opts, out_dir, progress):
         raise SystemExit(f"training {arm} (seed {seed}) failed; full log: {out_dir}/log.txt")
 
 
+def training_cost_table(output_dir, arms, seeds):
+    """Markdown table: iterations and training seconds per run (from each run's log)."""
+    lines = ["| arm | seed | iterations | s / iter | training s |", "|---|---:|---:|---:|---:|"]
+    for arm in arms:
+        for seed in seeds:
+            speed = training_speed(os.path.join(output_dir, f"{arm}_s{seed}"))
+            if speed is None:
+                lines.append(f"| {arm} | {seed} | n/a | n/a | n/a |")
+                continue
+            iters, per_iter = speed
+            lines.append(f"| {arm} | {seed} | {iters} | {per_iter:.3f} | {iters * per_iter:.0f} |")
+    return "\n".join(lines)
+
+
 def main():
     args = parse_args()
     from ms_rcnn.data import prepare_synthetic_dataset  # heavy imports after --help
@@ -122,11 +179,13 @@ def main():
         print(f"dataset {name}: {prepare_synthetic_dataset(name)}")
     print(f"datasets ready in {time.time() - start:.0f} s", flush=True)
 
-    runs = [(arm, seed) for seed in args.seeds for arm in args.arms]
+    # The head-only arm needs its seed's baseline, so the baseline runs first.
+    arms = sorted(set(args.arms), key=list(ARMS).index)
+    runs = [(arm, seed) for seed in args.seeds for arm in arms]
     started = time.time()
     for k, (arm, seed) in enumerate(runs):
         out_dir = os.path.join(args.output_dir, f"{arm}_s{seed}")
-        opts = run_overrides(args, seed, arm)
+        opts = run_overrides(args, seed, arm)  # after the baseline ran: it names its checkpoint
         if is_done(out_dir, opts):
             print(f"[{k + 1}/{len(runs)}] {arm} seed {seed}: results exist, skipping ({out_dir})")
             continue
@@ -144,14 +203,15 @@ def main():
 
     specs = [
         f"{arm}=" + ",".join(os.path.join(args.output_dir, f"{arm}_s{s}") for s in args.seeds)
-        for arm in args.arms
+        for arm in arms
     ]
-    arms = load_arms(specs)
-    table, _ = comparison_table(arms)
-    png = plot_comparison(arms, os.path.join(args.output_dir, "comparison.png"))
+    loaded = load_arms(specs)
+    table, _ = comparison_table(loaded)
+    png = plot_comparison(loaded, os.path.join(args.output_dir, "comparison.png"))
     print("\n" + table)
+    print("\n" + training_cost_table(args.output_dir, arms, args.seeds))
     print(f"\nbar chart: {png}")
-    for arm in args.arms:
+    for arm in arms:
         for seed in args.seeds:
             run_dir = os.path.join(args.output_dir, f"{arm}_s{seed}")
             plot = os.path.join(run_dir, "inference", "synthetic_shapes_val", CALIBRATION_PLOT)

@@ -24,6 +24,8 @@ _LAZY = {
     "dataset_paths": "synthetic",
     "generate_synthetic_dataset": "synthetic",
     "generation_params": "synthetic",
+    "load_coco_json_checked": "coco_checks",
+    "register_coco_instances_checked": "coco_checks",
     "mask_to_polygons": "masks",
     "polygons_to_mask": "masks",
     "render_preview": "preview",

@@ -61,10 +61,11 @@ def prepare_synthetic_dataset(name: str) -> str:
 
 
 def _load(name: str) -> list[dict]:
-    from detectron2.data.datasets.coco import load_coco_json
+    from .coco_checks import load_coco_json_checked
 
     json_file = prepare_synthetic_dataset(name)
-    return load_coco_json(json_file, os.path.join(os.path.dirname(json_file), "images"), name)
+    image_root = os.path.join(os.path.dirname(json_file), "images")
+    return load_coco_json_checked(json_file, image_root, name)
 
 
 def register_synthetic_datasets(root: str | None = None, force: bool = False) -> list[str]:

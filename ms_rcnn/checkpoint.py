@@ -1,0 +1,189 @@
+"""A DetectionCheckpointer that never leaves a half-written file and never loads one silently wrong.
+
+Detectron2 (through fvcore) writes checkpoints and the `last_checkpoint` tag in place, so a
+process killed mid-write leaves a truncated `model_final.pth` or tag behind; and it loads a
+checkpoint whose layers have other shapes (e.g. another class count) by skipping those layers
+with a warning, which is right for fine-tuning but silently wrong for evaluation or resuming.
+"""
+
+import logging
+import os
+import pickle
+import tempfile
+from typing import List, Optional, Tuple
+
+import torch
+from detectron2.checkpoint import DetectionCheckpointer
+from torch.nn.parallel import DistributedDataParallel
+
+__all__ = ["MSRCNNCheckpointer", "checkpoint_num_classes", "atomic_torch_save"]
+
+logger = logging.getLogger(__name__)
+
+MASKIOU_PREFIX = "roi_heads.maskiou_head."
+
+
+def _atomic_write(path: str, write) -> None:
+    """Write to a temporary file in the same folder, then rename it over `path`.
+
+    os.replace is atomic on POSIX: a reader (or a resumed run) sees the old file or the whole
+    new one, never a prefix of it, whenever the writer is killed.
+    """
+    folder = os.path.dirname(path) or "."
+    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=folder)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+
+
+def atomic_torch_save(obj, path: str) -> None:
+    """torch.save(obj, path), atomically (see `_atomic_write`)."""
+    _atomic_write(path, lambda f: torch.save(obj, f))
+
+
+def checkpoint_num_classes(state_dict) -> Optional[int]:
+    """Foreground class count of a checkpoint's box predictor (cls_score has K + 1 rows)."""
+    for key, value in state_dict.items():
+        if key.startswith(("roi_heads.", "module.roi_heads.")) and key.endswith("cls_score.weight"):
+            return int(value.shape[0]) - 1
+    return None
+
+
+class MSRCNNCheckpointer(DetectionCheckpointer):
+    """DetectionCheckpointer with atomic saves and strict loading where skipping is wrong.
+
+    Loading is strict (any layer missing from the checkpoint or of another shape is an error
+    naming the file, the layers and, for class-dependent layers, both class counts) when
+    `strict=True` (evaluation) or when resuming (the checkpoint is loaded with its trainer
+    state). Otherwise, as for fine-tuning from MODEL.WEIGHTS, re-initialized layers are named
+    in one warning.
+    """
+
+    def __init__(self, model, save_dir="", *, strict: bool = False, **kwargs):
+        super().__init__(model, save_dir, **kwargs)
+        self.strict = strict
+        self._path = None
+        self._strict_now = strict
+        self._ckpt_classes = self._model_classes = None
+
+    @property
+    def _model(self):
+        model = self.model
+        return model.module if isinstance(model, DistributedDataParallel) else model
+
+    def save(self, name: str, **kwargs) -> None:
+        if not self.save_dir or not self.save_to_disk:
+            return
+        data = {"model": self.model.state_dict()}
+        for key, obj in self.checkpointables.items():
+            data[key] = obj.state_dict()
+        data.update(kwargs)
+        basename = f"{name}.pth"
+        save_file = os.path.join(self.save_dir, basename)
+        self.logger.info(f"Saving checkpoint to {save_file}")
+        atomic_torch_save(data, save_file)
+        self.tag_last_checkpoint(basename)
+
+    def tag_last_checkpoint(self, last_filename_basename: str) -> None:
+        # The tag is written after its checkpoint, so it never names a partial file.
+        path = os.path.join(self.save_dir, "last_checkpoint")
+        _atomic_write(path, lambda f: f.write(last_filename_basename.encode()))
+
+    def load(self, path, checkpointables: Optional[List[str]] = None):
+        # checkpointables=None loads the trainer state too: that is resuming, which must
+        # continue the very model it saved.
+        self._path = path
+        self._strict_now = self.strict or (checkpointables is None and bool(self.checkpointables))
+        return super().load(path, checkpointables=checkpointables)
+
+    def _load_file(self, filename):
+        try:
+            return super()._load_file(filename)
+        except (EOFError, RuntimeError, ValueError, pickle.UnpicklingError) as e:
+            raise RuntimeError(
+                f"Cannot read checkpoint {filename}: {e}. The file is truncated or not a "
+                "checkpoint; delete it (and fix OUTPUT_DIR/last_checkpoint) or pass another "
+                "MODEL.WEIGHTS."
+            ) from e
+
+    def _load_model(self, checkpoint):
+        self._ckpt_classes = checkpoint_num_classes(checkpoint.get("model", {}))
+        self._model_classes = getattr(getattr(self._model, "roi_heads", None), "num_classes", None)
+        incompatible = super()._load_model(checkpoint)
+        shapes = incompatible.incorrect_shapes
+        # fvcore also lists the layers it skipped for their shape as missing: say it once.
+        skipped = {k for k, _, _ in shapes}
+        incompatible.missing_keys[:] = [k for k in incompatible.missing_keys if k not in skipped]
+        if self._strict_now and (shapes or incompatible.missing_keys):
+            raise ValueError(self._strict_message(shapes, incompatible.missing_keys))
+        return incompatible
+
+    def _strict_message(self, shapes, missing) -> str:
+        ckpt_classes, model_classes = self._ckpt_classes, self._model_classes
+        why = "resuming" if not self.strict else "evaluation"
+        parts = [f"Checkpoint {self._path} does not fit the model ({why} loads every layer):"]
+        if shapes:
+            if ckpt_classes is not None and ckpt_classes != model_classes:
+                parts.append(
+                    f"it has {ckpt_classes} classes but MODEL.ROI_HEADS.NUM_CLASSES="
+                    f"{model_classes};"
+                )
+            parts.append("layers of another shape: " + _describe_shapes(shapes) + ";")
+        if missing:
+            parts.append(f"layers absent from it: {_summarize(missing)};")
+        parts.append(
+            "use the config the checkpoint was trained with, or train from it (without "
+            "--resume/--eval-only) to re-initialize those layers."
+        )
+        return " ".join(parts)
+
+    def _log_incompatible_keys(self, incompatible) -> None:
+        shapes = list(incompatible.incorrect_shapes)
+        if shapes:
+            counts = ""
+            if self._ckpt_classes is not None and self._ckpt_classes != self._model_classes:
+                counts = (
+                    f" it has {self._ckpt_classes} classes, MODEL.ROI_HEADS.NUM_CLASSES="
+                    f"{self._model_classes};"
+                )
+            # One warning for the whole set (fvcore logs one per tensor).
+            self.logger.warning(
+                f"Checkpoint {self._path}:{counts} re-initialized layers of another shape: "
+                f"{_describe_shapes(shapes)}. Expected when fine-tuning to a new dataset."
+            )
+        missing = list(incompatible.missing_keys)
+        if missing and all(k.startswith(MASKIOU_PREFIX) for k in missing):
+            self.logger.info(
+                f"Loaded every layer from {self._path} except the MaskIoU head, which is new "
+                f"(randomly initialized): {_summarize(missing)}"
+            )
+            missing = []
+        super()._log_incompatible_keys(
+            type(incompatible)(
+                missing_keys=missing,
+                unexpected_keys=incompatible.unexpected_keys,
+                incorrect_shapes=[],
+            )
+        )
+
+
+def _summarize(keys: List[str]) -> str:
+    modules = sorted({k.rsplit(".", 1)[0] for k in keys})
+    return ", ".join(modules)
+
+
+def _describe_shapes(shapes: List[Tuple[str, tuple, tuple]]) -> str:
+    """One entry per layer (its first tensor, the weight): name, shape in the file and model."""
+    layers = {}
+    for key, ckpt, model in shapes:
+        layers.setdefault(key.rsplit(".", 1)[0], (tuple(ckpt), tuple(model)))
+    return ", ".join(
+        f"{name} {ckpt} in the file vs {model}" for name, (ckpt, model) in layers.items()
+    )

@@ -1,0 +1,178 @@
+"""Nothing trained is lost: a run killed with SIGKILL resumes from its last checkpoint with the
+same iteration, optimizer and LR schedule, and checkpoints are never seen half-written."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from ms_rcnn.checkpoint import MSRCNNCheckpointer, atomic_torch_save
+
+ROOT = Path(__file__).resolve().parent.parent
+CONFIG = ROOT / "configs" / "demo" / "ms_rcnn_R_18_demo.yaml"
+MAX_ITER, PERIOD, STEP, BASE_LR, GAMMA = 40, 10, 25, 0.02, 0.1
+# The tiny widths of tests/test_train_net.py, a schedule with one LR drop, frequent checkpoints.
+OPTS = [
+    "DATASETS.TRAIN", '("synthetic_shapes_tiny_train",)', "DATASETS.TEST", "()",
+    "SOLVER.MAX_ITER", str(MAX_ITER), "SOLVER.IMS_PER_BATCH", "2", "SOLVER.WARMUP_ITERS", "1",
+    "SOLVER.STEPS", f"({STEP},)", "SOLVER.CHECKPOINT_PERIOD", str(PERIOD),
+    "SOLVER.BASE_LR", str(BASE_LR), "SOLVER.GAMMA", str(GAMMA),
+    "MODEL.RESNETS.STEM_OUT_CHANNELS", "32", "MODEL.FPN.OUT_CHANNELS", "32",
+    "MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE", "16", "MODEL.ROI_MASK_HEAD.CONV_DIM", "16",
+    "MODEL.ROI_MASKIOU_HEAD.CONV_DIM", "16", "MODEL.ROI_MASKIOU_HEAD.FC_DIM", "32",
+    "DATALOADER.NUM_WORKERS", "0",
+]  # fmt: skip
+
+
+def start(tmp_path, out, log, resume=False):
+    env = dict(os.environ, MS_RCNN_DATASETS=str(tmp_path / "datasets"), OMP_NUM_THREADS="1")
+    cmd = [sys.executable, str(ROOT / "tools" / "train_net.py"), "--config-file", str(CONFIG),
+           *(["--resume"] if resume else []), *OPTS, "OUTPUT_DIR", str(out)]  # fmt: skip
+    # Its own process group, so SIGKILL reaches the data-loader workers too.
+    return subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=tmp_path,
+                            start_new_session=True)  # fmt: skip
+
+
+def expected_lr(iteration):
+    return BASE_LR * (GAMMA if iteration >= STEP else 1.0)
+
+
+@pytest.mark.slow
+def test_sigkill_then_resume_continues_the_same_run(tmp_path):
+    out = tmp_path / "run"
+    out.mkdir()
+    target = out / f"model_{2 * PERIOD - 1:07d}.pth"  # the second checkpoint: mid-way
+    tag = out / "last_checkpoint"
+    deadline = time.time() + 60
+    with open(tmp_path / "run.log", "w") as log:
+        proc = start(tmp_path, out, log)
+        try:
+            while not (target.is_file() and tag.is_file() and tag.read_text() == target.name):
+                assert proc.poll() is None, (tmp_path / "run.log").read_text()[-3000:]
+                assert time.time() < deadline, "no mid-way checkpoint within 60 s"
+                time.sleep(0.05)
+        finally:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    assert proc.returncode == -signal.SIGKILL
+    assert not (out / "model_final.pth").exists()
+
+    # Every checkpoint file left behind is whole (writes are atomic), and the tag names one.
+    for path in out.glob("model_*.pth"):
+        torch.load(path, map_location="cpu", weights_only=False)
+    last = out / (out / "last_checkpoint").read_text()
+    saved = torch.load(last, map_location="cpu", weights_only=False)
+    it = saved["iteration"]
+    assert it in (2 * PERIOD - 1, 3 * PERIOD - 1) and saved["trainer"]["iteration"] == it
+    assert "_trainer" in saved["trainer"], "optimizer state not saved"
+
+    check_trainer_loads(tmp_path, out, saved)
+
+    with open(tmp_path / "resumed.log", "w") as log:
+        proc = start(tmp_path, out, log, resume=True)
+        try:
+            proc.wait(timeout=90)
+        finally:
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+    text = (tmp_path / "resumed.log").read_text()
+    assert proc.returncode == 0, text[-3000:]
+    assert f"Starting training from iteration {it + 1}" in text
+    final = torch.load(out / "model_final.pth", map_location="cpu", weights_only=False)
+    assert final["iteration"] == MAX_ITER - 1
+    assert (out / "last_checkpoint").read_text() == "model_final.pth"
+    # The LR went on with the schedule: after the drop at STEP it is BASE_LR * GAMMA (a
+    # restarted scheduler would be back at BASE_LR).
+    records = [json.loads(line) for line in (out / "metrics.json").read_text().splitlines()]
+    after = [r for r in records if r.get("iteration", -1) > it and "lr" in r]
+    assert after and all(r["lr"] == pytest.approx(expected_lr(r["iteration"])) for r in after)
+    assert max(r["iteration"] for r in after) == MAX_ITER - 1
+
+
+def check_trainer_loads(tmp_path, out, saved):
+    """The Trainer resuming in OUTPUT_DIR holds exactly the saved optimizer/scheduler state."""
+    from detectron2.config import get_cfg
+
+    from ms_rcnn import add_ms_rcnn_config
+    from ms_rcnn.data import default_root, register_synthetic_datasets
+    from ms_rcnn.engine import Trainer
+
+    cfg = get_cfg()
+    add_ms_rcnn_config(cfg)
+    cfg.merge_from_file(str(CONFIG))
+    cfg.merge_from_list(OPTS + ["OUTPUT_DIR", str(out)])
+    register_synthetic_datasets(str(tmp_path / "datasets"), force=True)
+    try:
+        trainer = Trainer(cfg)
+        trainer.resume_or_load(resume=True)
+    finally:
+        register_synthetic_datasets(default_root(), force=True)
+    assert trainer.start_iter == saved["iteration"] + 1
+    want = saved["trainer"]["_trainer"]["optimizer"]
+    got = trainer.optimizer.state_dict()
+    assert [g["lr"] for g in got["param_groups"]] == [g["lr"] for g in want["param_groups"]]
+    assert want["state"] and got["state"].keys() == want["state"].keys()
+    for k, state in want["state"].items():
+        assert torch.equal(got["state"][k]["momentum_buffer"], state["momentum_buffer"])
+    sched = saved["trainer"]["hooks"]["LRScheduler"]
+    # The scheduler stepped after the saved iteration: it stands at the next one.
+    assert trainer.scheduler.state_dict()["last_epoch"] == sched["last_epoch"] == trainer.start_iter
+    model = trainer.model.state_dict()
+    assert all(torch.equal(model[k], v) for k, v in saved["model"].items())
+
+
+def test_interrupted_save_leaves_the_previous_checkpoint(tmp_path, monkeypatch):
+    """A save interrupted mid-write (here: an exception after half the bytes) leaves the old
+    file and the tag as they were, and no temporary file."""
+    model = torch.nn.Linear(2, 2)
+    ckpt = MSRCNNCheckpointer(model, str(tmp_path))
+    ckpt.save("model_final")
+    before = (tmp_path / "model_final.pth").read_bytes()
+
+    def half_then_die(obj, f):
+        f.write(b"\x80" * 100)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(torch, "save", half_then_die)
+    with torch.no_grad():
+        model.weight.add_(1)
+    with pytest.raises(KeyboardInterrupt):
+        ckpt.save("model_final")
+    assert (tmp_path / "model_final.pth").read_bytes() == before
+    assert (tmp_path / "last_checkpoint").read_text() == "model_final.pth"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["last_checkpoint", "model_final.pth"]
+
+
+def test_truncated_checkpoint_is_named(tmp_path):
+    path = tmp_path / "model_0000009.pth"
+    atomic_torch_save({"model": torch.nn.Linear(2, 2).state_dict()}, str(path))
+    path.write_bytes(path.read_bytes()[:50])  # as a non-atomic writer killed mid-way leaves it
+    with pytest.raises(RuntimeError, match="model_0000009.pth.*truncated"):
+        MSRCNNCheckpointer(torch.nn.Linear(2, 2)).load(str(path))
+
+
+def test_checkpoint_without_optimizer_state_resumes_with_a_warning(caplog):
+    """Checkpoints of Detectron2's own DefaultTrainer hold no optimizer state: resuming from
+    one keeps the iteration and says that momentum restarts; ours restore the optimizer."""
+    import logging
+    from types import SimpleNamespace
+
+    from ms_rcnn.engine import Trainer
+
+    loaded = []
+    trainer = object.__new__(Trainer)  # only the state-dict logic, no model or data
+    trainer._hooks = []
+    trainer._trainer = SimpleNamespace(load_state_dict=loaded.append)
+    with caplog.at_level(logging.WARNING):
+        trainer.load_state_dict({"iteration": 7})
+    assert trainer.iter == 7 and loaded == []
+    assert "no optimizer state" in caplog.text
+    trainer.load_state_dict({"iteration": 9, "_trainer": {"optimizer": "state"}})
+    assert trainer.iter == 9 and loaded == [{"optimizer": "state"}]
