@@ -89,26 +89,23 @@ for registry, cls in ((ROI_MASK_HEAD_REGISTRY, SameSizeMaskHead),
         registry.register(cls)
 
 
-def test_mask_head_output_not_twice_the_pooler_is_refused_at_build():
+@pytest.mark.parametrize(
+    "key, name, message",
+    [
+        ("ROI_MASK_HEAD", "SameSizeMaskHead",
+         r"ROI_MASK_HEAD.NAME='SameSizeMaskHead'.*14x14.*POOLER_RESOLUTION=14"),
+        ("ROI_MASKIOU_HEAD", "WrongInputMaskIoUHead",
+         r"ROI_MASKIOU_HEAD.NAME='WrongInputMaskIoUHead'.*\(R, 8, 14, 14\).*FPN.OUT_CHANNELS"),
+        ("ROI_MASKIOU_HEAD", "OneExtraColumnMaskIoUHead",
+         r"returns shape \(1, 4\).*\(R, 3\).*NUM_CLASSES"),
+    ],
+)  # fmt: skip
+def test_heads_whose_shapes_do_not_chain_are_refused_at_build(key, name, message):
+    """A mask head whose masks are not twice the pooler resolution, a MaskIoU head that does not
+    take the pooled features, or one without one output per class: refused by name at build."""
     cfg = tiny_cfg("MaskScoringROIHeads")
-    cfg.MODEL.ROI_MASK_HEAD.NAME = "SameSizeMaskHead"
-    with pytest.raises(ValueError, match=r"ROI_MASK_HEAD.NAME='SameSizeMaskHead'.*14x14.*"
-                       r"POOLER_RESOLUTION=14"):  # fmt: skip
-        build_model(cfg)
-
-
-def test_maskiou_head_not_accepting_the_pooled_features_is_refused_at_build():
-    cfg = tiny_cfg("MaskScoringROIHeads")
-    cfg.MODEL.ROI_MASKIOU_HEAD.NAME = "WrongInputMaskIoUHead"
-    with pytest.raises(ValueError, match=r"ROI_MASKIOU_HEAD.NAME='WrongInputMaskIoUHead'.*"
-                       r"\(R, 8, 14, 14\).*FPN.OUT_CHANNELS"):  # fmt: skip
-        build_model(cfg)
-
-
-def test_maskiou_head_output_not_one_column_per_class_is_refused_at_build():
-    cfg = tiny_cfg("MaskScoringROIHeads")
-    cfg.MODEL.ROI_MASKIOU_HEAD.NAME = "OneExtraColumnMaskIoUHead"
-    with pytest.raises(ValueError, match=r"returns shape \(1, 4\).*\(R, 3\).*NUM_CLASSES"):
+    cfg.MODEL[key].NAME = name
+    with pytest.raises(ValueError, match=message):
         build_model(cfg)
 
 
