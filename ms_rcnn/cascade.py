@@ -1,7 +1,8 @@
 """Cascade Mask R-CNN with mask scoring: Detectron2's CascadeROIHeads plus `MaskScoringMixin`.
 
 The mixin is the whole of the mask-scoring code, shared with `MaskScoringROIHeads`; this module
-only registers the combination and refuses the one setting Cascade R-CNN cannot honour.
+registers the combination, refuses the one setting Cascade R-CNN cannot honour (Soft-NMS), and
+keeps v0.6's inference traceable (see `_run_stage`).
 """
 
 from detectron2.modeling import ROI_HEADS_REGISTRY

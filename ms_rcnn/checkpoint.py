@@ -14,7 +14,6 @@ from typing import List, Optional, Tuple
 
 import torch
 from detectron2.checkpoint import DetectionCheckpointer
-from torch.nn.parallel import DistributedDataParallel
 
 __all__ = ["MSRCNNCheckpointer", "checkpoint_num_classes", "atomic_torch_save"]
 
@@ -32,6 +31,11 @@ def _atomic_write(path: str, write) -> None:
     folder = os.path.dirname(path) or "."
     fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=folder)
     try:
+        # mkstemp creates the file private (0600); give it the mode a plain open() would have,
+        # so checkpoints stay readable by whoever could read them before.
+        umask = os.umask(0)
+        os.umask(umask)
+        os.fchmod(fd, 0o666 & ~umask)
         with os.fdopen(fd, "wb") as f:
             write(f)
             f.flush()
@@ -73,11 +77,6 @@ class MSRCNNCheckpointer(DetectionCheckpointer):
         self._strict_now = strict
         self._ckpt_classes = self._model_classes = None
 
-    @property
-    def _model(self):
-        model = self.model
-        return model.module if isinstance(model, DistributedDataParallel) else model
-
     def save(self, name: str, **kwargs) -> None:
         if not self.save_dir or not self.save_to_disk:
             return
@@ -115,7 +114,7 @@ class MSRCNNCheckpointer(DetectionCheckpointer):
 
     def _load_model(self, checkpoint):
         self._ckpt_classes = checkpoint_num_classes(checkpoint.get("model", {}))
-        self._model_classes = getattr(getattr(self._model, "roi_heads", None), "num_classes", None)
+        self._model_classes = getattr(getattr(self.model, "roi_heads", None), "num_classes", None)
         incompatible = super()._load_model(checkpoint)
         shapes = incompatible.incorrect_shapes
         # fvcore also lists the layers it skipped for their shape as missing: say it once.

@@ -23,7 +23,11 @@ from detectron2.modeling.roi_heads.mask_head import (
     mask_rcnn_inference,
     mask_rcnn_loss,
 )
-from detectron2.modeling.roi_heads.roi_heads import StandardROIHeads, select_foreground_proposals
+from detectron2.modeling.roi_heads.roi_heads import (
+    ROIHeads,
+    StandardROIHeads,
+    select_foreground_proposals,
+)
 from detectron2.structures import Instances
 from detectron2.utils.events import get_event_storage
 from torch import nn
@@ -51,6 +55,18 @@ class MaskScoringMixin:
     `mask_scores` = `scores` * `pred_maskiou`, leaving `scores` the classification score unless
     `overwrite_scores`.
     """
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        # With the ROI heads class first in the bases, its __init__, from_config and
+        # _forward_mask would win and the mixin would silently do nothing.
+        mro = cls.__mro__
+        first_heads = next((k for k in mro if k is not cls and issubclass(k, ROIHeads)), None)
+        if first_heads is not None and mro.index(first_heads) < mro.index(MaskScoringMixin):
+            raise TypeError(
+                f"{cls.__name__}: put MaskScoringMixin before {first_heads.__name__} in the "
+                f"bases, e.g. class {cls.__name__}(MaskScoringMixin, {first_heads.__name__})"
+            )
 
     @configurable
     def __init__(
@@ -143,6 +159,11 @@ class MaskScoringMixin:
         # targets then convert each GT bitmask once, not once per proposal (`gt_mask_crops`).
         tagged = []
         for t in targets:
+            if t.has("gt_index"):
+                raise ValueError(
+                    "the targets already have a 'gt_index' field; MaskScoringMixin sets it to "
+                    "each GT's index in its image (to crop each GT mask once): rename yours"
+                )
             t = Instances(t.image_size, **t.get_fields())  # the caller's targets stay untouched
             t.gt_index = torch.arange(len(t), device=t.gt_classes.device)
             tagged.append(t)

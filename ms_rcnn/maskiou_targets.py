@@ -6,7 +6,8 @@ exists only inside the proposal box (at M x M), while the GT instance may extend
 counting only the GT inside the box would overestimate the IoU. Mask Scoring R-CNN corrects the
 union with the "area ratio" r = area(GT inside the box) / area(whole GT), measured at input-image
 resolution, which rescales the M x M GT count to the whole instance. This module computes that
-target, vectorized over RoIs (the reference implementations loop over RoIs on the CPU).
+target, vectorized over RoIs (the reference implementations loop over RoIs on the CPU); the
+bitmask area ratio loops over distinct GT masks, which a ``gt_index`` field identifies.
 """
 
 from __future__ import annotations
@@ -65,7 +66,11 @@ def mask_iou_targets(
             ``select_foreground_proposals``), R in total. Fields: ``proposal_boxes`` (``Boxes``,
             XYXY, input-image coordinates), ``gt_masks`` (``BitMasks`` of image-size masks or
             ``PolygonMasks``; the matched GT instance of each proposal) and, when K > 1,
-            ``gt_classes`` (int64, in [0, K)).
+            ``gt_classes`` (int64, in [0, K)). Optional ``gt_index`` (int64): the matched GT's
+            index in its image, so that proposals with equal ``gt_index`` have identical
+            ``gt_masks`` (``MaskScoringMixin`` sets it); with it, bitmask work is done once per
+            GT instead of once per proposal (several times faster with 16 RoIs per GT); without
+            it the result is the same.
         mask_threshold: logit threshold for binarizing the prediction (strict ``>``).
         gt_crops: optional (R, M, M) bool G_in crops, i.e. ``cat(gt_mask_crops(instances, M))``,
             when the caller has them already (the mask loss needs the same crops).
@@ -217,6 +222,7 @@ def _bitmask_crop(masks: torch.Tensor, index: torch.Tensor, boxes: torch.Tensor,
         if len(sel) == 0:
             continue
         rois = torch.cat([(index[sel] - s)[:, None].to(boxes.dtype), boxes[sel]], dim=1)
+        rois = rois.to(masks.device)  # as Detectron2's crop_and_resize
         images = masks[s : s + chunk, None].to(torch.float32)
         out[sel] = ROIAlign((size, size), 1.0, 0, aligned=True)(images, rois).squeeze(1) >= 0.5
     return out
@@ -260,25 +266,30 @@ def _bitmask_area_ratio(masks: torch.Tensor, index: torch.Tensor, boxes: torch.T
     rx1, rx2 = x1[roi], x2[roi]
     j1, j2 = rx1.floor().long().clamp(max=width - 1), rx2.floor().long().clamp(max=width - 1)
 
+    # Per distinct mask, the rectangle its RoIs' rows and columns touch; prefix counts over just
+    # that (columns left of it add the same count at x1 and x2, which cancels in the difference).
     mask_of_row = index[roi]
-    row_in = torch.zeros(len(roi), dtype=torch.float64, device=device)
-    for k in range(num):  # each distinct GT mask once (a loop over GTs, not over RoIs)
-        sel = (mask_of_row == k).nonzero().squeeze(1)
-        if len(sel) == 0:
-            continue
-        # Prefix counts over just the rectangle its RoIs' rows and columns touch; columns left
-        # of it add the same count at x1 and x2, which cancels in the difference.
-        r0, r1 = int(y[sel].min()), int(y[sel].max()) + 1
-        c0, c1 = int(j1[sel].min()), int(j2[sel].max()) + 1
-        prefix = masks[k, r0:r1, c0:c1].view(torch.uint8).cumsum(1, dtype=torch.int32)
-        flat = torch.nn.functional.pad(prefix, (1, 0)).flatten()
-        base = (y[sel] - r0) * (c1 - c0 + 1) - c0
+    far = torch.full((num,), max(height, width) + 1, dtype=torch.int64, device=device)
+    r0 = far.scatter_reduce(0, mask_of_row, y, "amin")
+    c0 = far.scatter_reduce(0, mask_of_row, j1, "amin")
+    r1 = torch.zeros_like(far).scatter_reduce(0, mask_of_row, y + 1, "amax")
+    c1 = torch.zeros_like(far).scatter_reduce(0, mask_of_row, j2 + 1, "amax")
+    pieces, offsets, offset = [], [], 0
+    for k, (a, b, c, d) in enumerate(torch.stack([r0, r1, c0, c1], 1).tolist()):
+        offsets.append(offset)
+        if a < b:  # a loop over distinct GT masks (not RoIs): a few tensor ops each
+            prefix = masks[k, a:b, c:d].view(torch.uint8).cumsum(1, dtype=torch.int32)
+            pieces.append(torch.nn.functional.pad(prefix, (1, 0)).flatten())
+            offset += pieces[-1].numel()
+    flat = torch.cat(pieces) if pieces else torch.zeros(1, dtype=torch.int32, device=device)
+    m = mask_of_row
+    base = torch.tensor(offsets, device=device)[m] + (y - r0[m]) * (c1[m] - c0[m] + 1) - c0[m]
 
-        def count(x, j, base=base, flat=flat):  # covered count of [c0, x] on each selected row
-            lo, hi = flat[base + j].double(), flat[base + j + 1].double()
-            return lo + (x - j) * (hi - lo)
+    def count(x, j):  # covered count of [c0, x] on each (RoI, row)'s mask row
+        lo, hi = flat[base + j].double(), flat[base + j + 1].double()
+        return lo + (x - j) * (hi - lo)
 
-        row_in[sel] = count(rx2[sel], j2[sel]) - count(rx1[sel], j1[sel])
+    row_in = count(rx2, j2) - count(rx1, j1)
     whole = _count_true(masks.flatten(1)).to(device=device, dtype=torch.float64)
     inside = torch.zeros(len(boxes), dtype=torch.float64, device=device)
     inside.index_add_(0, roi, cover_y * row_in)

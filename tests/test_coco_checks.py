@@ -68,7 +68,13 @@ def test_truncated_coco_json_names_the_file(tmp_path):
         ({"annotations": [{"id": 7, "image_id": 5, "category_id": 1, "bbox": [0, 0, 1, 1]}]},
          r"annotations\[0\] \(id 7\) has image_id 5"),
         ({"annotations": [{"id": 7, "image_id": 1, "category_id": 1, "bbox": [0, 0, 1]}]},
-         r"annotations\[0\] \(id 7\) bbox"),
+         r"annotations\[0\] \(id 7\) bbox .* not 4 finite numbers"),
+        ({"annotations": [{"id": 7, "image_id": 1, "category_id": 1,
+                           "bbox": ["a", None, {}, []]}]},
+         r"annotations\[0\] \(id 7\) bbox .* not 4 finite numbers"),
+        ({"annotations": [{"id": 7, "image_id": 1, "category_id": 1,
+                           "bbox": [0, 0, True, 1]}]},
+         r"annotations\[0\] \(id 7\) bbox .* not 4 finite numbers"),
     ],
 )  # fmt: skip
 def test_malformed_coco_json_names_the_file_and_record(tmp_path, override, message):

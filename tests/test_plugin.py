@@ -123,3 +123,21 @@ def test_mixin_needs_the_mask_branch():
     cfg.MODEL.MASK_ON = False
     with pytest.raises(ValueError, match="MODEL.MASK_ON"):
         build_model(cfg)
+
+
+def test_mixin_after_the_roi_heads_class_is_refused():
+    """With the ROI heads class first, its own methods would win and the mixin would silently
+    do nothing: refused when the class is defined."""
+    with pytest.raises(TypeError, match="put MaskScoringMixin before ToyROIHeads"):
+
+        class WrongOrder(ToyROIHeads, MaskScoringMixin):
+            pass
+
+
+def test_targets_with_a_gt_index_field_of_their_own_are_refused():
+    model = toy_model("ToyMaskScoringROIHeads")
+    batch = make_batch()
+    batch[0]["instances"].gt_index = torch.zeros(len(batch[0]["instances"]), dtype=torch.int64)
+    model.train()
+    with EventStorage(), pytest.raises(ValueError, match="'gt_index'"):
+        model(batch)

@@ -10,6 +10,7 @@ import torchvision
 from detectron2.structures import BitMasks, Boxes, Instances
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from test_soft_nms import reference_soft_nms
 
 from ms_rcnn import batched_soft_nms, mask_iou_targets
 
@@ -105,32 +106,8 @@ def test_targets_match_full_resolution_iou(case):
 
 
 # ------------------------------------------------------------------ Soft-NMS
-
-
-def plain_soft_nms(boxes, scores, labels, method, sigma, threshold, min_score):
-    """Soft-NMS as the paper's pseudo-code, per label, in numpy float64: pick the highest
-    remaining score, decay the rest by its overlap, drop those at or below min_score."""
-    boxes, scores = np.asarray(boxes, np.float64), np.asarray(scores, np.float64)
-    areas = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
-    picked = []
-    for label in np.unique(labels):
-        live = {int(i): scores[i] for i in np.flatnonzero(labels == label) if scores[i] > min_score}
-        while live:
-            best = max(live, key=lambda i: (live[i], -i))
-            picked.append((best, live.pop(best)))
-            for i in list(live):
-                iw = max(0.0, min(boxes[i, 2], boxes[best, 2]) - max(boxes[i, 0], boxes[best, 0]))
-                ih = max(0.0, min(boxes[i, 3], boxes[best, 3]) - max(boxes[i, 1], boxes[best, 1]))
-                union = areas[i] + areas[best] - iw * ih
-                iou = iw * ih / union if union > 0 else 0.0
-                if method == "gaussian":
-                    live[i] *= math.exp(-iou * iou / sigma)
-                elif iou > threshold:
-                    live[i] *= (1.0 - iou) if method == "linear" else 0.0
-                if live[i] <= min_score:
-                    del live[i]
-    picked.sort(key=lambda p: -p[1])
-    return [p[0] for p in picked], [p[1] for p in picked]
+# Against the one plain-loop reference of tests/test_soft_nms.py (the paper's pseudo-code over
+# Python lists in float64), on hypothesis-drawn box sets with empty boxes and several labels.
 
 
 @st.composite
@@ -159,7 +136,7 @@ def test_soft_nms_matches_plain_reference(data, method, sigma, threshold, min_sc
         torch.from_numpy(boxes), torch.from_numpy(scores), torch.from_numpy(labels),
         method, sigma, threshold, min_score,
     )  # fmt: skip
-    ref_keep, ref_scores = plain_soft_nms(
+    ref_keep, ref_scores = reference_soft_nms(
         boxes, scores, labels, method, sigma, threshold, min_score
     )
     assert keep.tolist() == ref_keep

@@ -4,6 +4,7 @@ same iteration, optimizer and LR schedule, and checkpoints are never seen half-w
 import json
 import os
 import signal
+import stat
 import subprocess
 import sys
 import time
@@ -148,6 +149,18 @@ def test_interrupted_save_leaves_the_previous_checkpoint(tmp_path, monkeypatch):
     assert (tmp_path / "model_final.pth").read_bytes() == before
     assert (tmp_path / "last_checkpoint").read_text() == "model_final.pth"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["last_checkpoint", "model_final.pth"]
+
+
+def test_atomic_save_keeps_the_usual_file_mode(tmp_path):
+    """The temporary file is private (0600) when created; the checkpoint must not stay so."""
+    umask = os.umask(0o022)
+    try:
+        atomic_torch_save({"x": 1}, str(tmp_path / "m.pth"))
+        torch.save({"x": 1}, str(tmp_path / "plain.pth"))
+    finally:
+        os.umask(umask)
+    mode = lambda name: stat.S_IMODE((tmp_path / name).stat().st_mode)  # noqa: E731
+    assert mode("m.pth") == mode("plain.pth") == 0o644
 
 
 def test_truncated_checkpoint_is_named(tmp_path):

@@ -30,8 +30,8 @@ ARMS = {
     # training only the MaskIoU head: the "add mask scoring to an existing model" workflow.
     "ms_rcnn_head_only": "configs/demo/ms_rcnn_R_18_demo_maskiou_only.yaml",
 }
-# The head-only schedule is this fraction of the full one (its config: 200 of 600 iterations).
-HEAD_ONLY_FRACTION = 3
+# The head-only schedule is the full one divided by this (its config: 200 of 600 iterations).
+HEAD_ONLY_SCHEDULE_DIVISOR = 3
 CALIBRATION_PLOT = "maskiou_calibration.png"
 ETA_LINE = re.compile(r"eta: (\S+)\s+iter: (\d+)\s+total_loss: ([\d.]+)")
 SPEED_LINE = re.compile(r"Overall training speed: (\d+) iterations in (\S+) \(([\d.]+) s / it\)")
@@ -69,7 +69,7 @@ def run_overrides(args, seed, arm="ms_rcnn"):
             raise SystemExit("--iters must be >= 1")
         iters = args.iters
         if arm == "ms_rcnn_head_only":  # keep its share of the full schedule
-            iters = max(1, iters // HEAD_ONLY_FRACTION)
+            iters = max(1, iters // HEAD_ONLY_SCHEDULE_DIVISOR)
         # Keep the schedule's shape: warm-up, then two LR drops at 75% and 92%.
         steps = (max(1, int(iters * 0.75)), max(1, int(iters * 0.92)))
         opts += ["SOLVER.MAX_ITER", str(iters), "SOLVER.STEPS", str(steps)]

@@ -9,6 +9,7 @@ the drop-in for Detectron2's `register_coco_instances`) checks both when the dat
 from __future__ import annotations
 
 import json
+import math
 import os
 
 from detectron2.data import DatasetCatalog, MetadataCatalog
@@ -42,8 +43,16 @@ def _check_structure(data, json_file: str) -> None:
     images = {im["id"] for im in data["images"]}
     for k, ann in enumerate(data["annotations"]):
         bbox = ann["bbox"]
-        if not (isinstance(bbox, list) and len(bbox) == 4):
-            raise ValueError(f"{json_file}: annotations[{k}] (id {ann.get('id')}) bbox {bbox!r}")
+        numbers = isinstance(bbox, list) and len(bbox) == 4
+        numbers = numbers and all(
+            isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+            for v in bbox
+        )
+        if not numbers:
+            raise ValueError(
+                f"{json_file}: annotations[{k}] (id {ann.get('id')}) bbox {bbox!r} is not 4 "
+                "finite numbers [x, y, width, height]"
+            )
         if ann["category_id"] not in ids:
             raise ValueError(
                 f"{json_file}: annotations[{k}] (id {ann.get('id')}) has category_id "
