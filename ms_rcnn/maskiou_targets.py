@@ -190,40 +190,40 @@ def gt_mask_crops(instances: List[Instances], mask_size: int) -> List[torch.Tens
             raise ValueError(f"instances[{i}] lacks field(s) {missing}, needed for GT crops")
         gt_masks, boxes = inst.gt_masks, inst.proposal_boxes.tensor
         if isinstance(gt_masks, BitMasks):
-            unique, inverse = _distinct_bitmasks(inst)
-            crops.append(_bitmask_crop(unique, inverse, boxes, mask_size))
+            crops.append(_bitmask_crop(*_distinct_bitmasks(inst), boxes, mask_size))
         else:
             crops.append(gt_masks.crop_and_resize(boxes, mask_size))
     return crops
 
 
 def _distinct_bitmasks(inst: Instances):
-    """(U, H, W) distinct GT masks of an image's proposals and each proposal's index into them.
+    """The image-size masks of an image's proposals, and for each proposal the index of one
+    proposal with the same GT instance (by ``gt_index``), so the same GT is read once.
 
-    Without ``gt_index`` every proposal counts as its own GT (correct, only slower)."""
+    Without ``gt_index`` every proposal counts as its own GT (correct, only slower). No mask is
+    copied: Detectron2 already holds one copy of the GT mask per proposal."""
     masks = inst.gt_masks.tensor
     if not inst.has("gt_index"):
         return masks, torch.arange(len(masks), device=masks.device)
-    unique, inverse = torch.unique(inst.gt_index, return_inverse=True)
-    first = torch.full((len(unique),), len(masks), dtype=torch.int64, device=masks.device)
+    _, inverse = torch.unique(inst.gt_index, return_inverse=True)
+    first = torch.full((int(inverse.max()) + 1,), len(masks), device=masks.device)
     first.scatter_reduce_(0, inverse, torch.arange(len(masks), device=masks.device), "amin")
-    return masks[first], inverse
+    return masks, first[inverse]
 
 
 def _bitmask_crop(masks: torch.Tensor, index: torch.Tensor, boxes: torch.Tensor, size: int):
-    """``BitMasks(masks[index]).crop_and_resize(boxes, size)`` without materializing
-    ``masks[index]``: RoIAlign reads RoI i from image ``index[i]``, Detectron2's call reads it from
-    a copy of the same image, so every output value is the same. Chunks of masks bound the float
-    copy (all at once is ~550 MB for 128 masks of 800 x 1333)."""
+    """``BitMasks(masks[index]).crop_and_resize(boxes, size)`` converting each mask ``index``
+    uses to float once: RoIAlign reads RoI i from mask ``index[i]``, Detectron2's call reads it
+    from a copy of the same mask, so every output value is the same. Chunks of masks bound the
+    float copy (all at once is ~550 MB for 128 masks of 800 x 1333)."""
+    used, which = torch.unique(index, return_inverse=True)  # RoI i reads used[which[i]]
     chunk = max(1, _BITMASK_CHUNK_ELEMS // max(1, masks.shape[1] * masks.shape[2]))
     out = torch.zeros(len(boxes), size, size, dtype=torch.bool, device=masks.device)
-    for s in range(0, len(masks), chunk):
-        sel = ((index >= s) & (index < s + chunk)).nonzero().squeeze(1)
-        if len(sel) == 0:
-            continue
-        rois = torch.cat([(index[sel] - s)[:, None].to(boxes.dtype), boxes[sel]], dim=1)
+    for s in range(0, len(used), chunk):
+        sel = ((which >= s) & (which < s + chunk)).nonzero().squeeze(1)
+        rois = torch.cat([(which[sel] - s)[:, None].to(boxes.dtype), boxes[sel]], dim=1)
         rois = rois.to(masks.device)  # as Detectron2's crop_and_resize
-        images = masks[s : s + chunk, None].to(torch.float32)
+        images = masks[used[s : s + chunk], None].to(torch.float32)
         out[sel] = ROIAlign((size, size), 1.0, 0, aligned=True)(images, rois).squeeze(1) >= 0.5
     return out
 
@@ -244,15 +244,17 @@ def _bitmask_area_ratio(masks: torch.Tensor, index: torch.Tensor, boxes: torch.T
     its RoIs touch, then a few gathers per (RoI, box row) pair, on any device.
 
     Args:
-        masks: (U, H, W) bool, the distinct GT masks.
-        index: (R,) int64, the mask of each RoI.
+        masks: (N, H, W) bool GT masks.
+        index: (R,) int64, the mask of each RoI; only the masks it names are read.
         boxes: (R, 4) float XYXY in image pixel coordinates.
 
     Returns:
         (R,) float64 r in [0, 1], on ``masks.device``; 0 for a zero-area mask.
     """
-    num, height, width = masks.shape
+    height, width = masks.shape[1:]
     device = masks.device
+    used, index = torch.unique(index, return_inverse=True)  # RoI i reads masks[used[index[i]]]
+    num = len(used)
     b = boxes.to(device=device, dtype=torch.float64)
     x1, x2 = b[:, 0].clamp(0, width), b[:, 2].clamp(0, width)
     y1, y2 = b[:, 1].clamp(0, height), b[:, 3].clamp(0, height)
@@ -274,11 +276,13 @@ def _bitmask_area_ratio(masks: torch.Tensor, index: torch.Tensor, boxes: torch.T
     c0 = far.scatter_reduce(0, mask_of_row, j1, "amin")
     r1 = torch.zeros_like(far).scatter_reduce(0, mask_of_row, y + 1, "amax")
     c1 = torch.zeros_like(far).scatter_reduce(0, mask_of_row, j2 + 1, "amax")
-    pieces, offsets, offset = [], [], 0
-    for k, (a, b, c, d) in enumerate(torch.stack([r0, r1, c0, c1], 1).tolist()):
+    pieces, offsets, offset, whole = [], [], 0, []
+    bounds = torch.stack([r0, r1, c0, c1], 1).tolist()
+    for u, (a, b, c, d) in zip(used.tolist(), bounds):  # distinct GT masks, not RoIs
+        whole.append(_count_true(masks[u]))
         offsets.append(offset)
-        if a < b:  # a loop over distinct GT masks (not RoIs): a few tensor ops each
-            prefix = masks[k, a:b, c:d].view(torch.uint8).cumsum(1, dtype=torch.int32)
+        if a < b:
+            prefix = masks[u, a:b, c:d].view(torch.uint8).cumsum(1, dtype=torch.int32)
             pieces.append(torch.nn.functional.pad(prefix, (1, 0)).flatten())
             offset += pieces[-1].numel()
     flat = torch.cat(pieces) if pieces else torch.zeros(1, dtype=torch.int32, device=device)
@@ -290,18 +294,18 @@ def _bitmask_area_ratio(masks: torch.Tensor, index: torch.Tensor, boxes: torch.T
         return lo + (x - j) * (hi - lo)
 
     row_in = count(rx2, j2) - count(rx1, j1)
-    whole = _count_true(masks.flatten(1)).to(device=device, dtype=torch.float64)
+    whole = torch.tensor(whole, dtype=torch.float64, device=device)
     inside = torch.zeros(len(boxes), dtype=torch.float64, device=device)
     inside.index_add_(0, roi, cover_y * row_in)
     return _safe_ratio(inside, whole[index])
 
 
-def _count_true(rows: torch.Tensor) -> torch.Tensor:
-    """Number of True values in each row of a 2-D bool tensor. On the CPU numpy's count is ~10x
-    faster than torch's reductions over bools (3.5 vs 40 ms for 8 masks of 800 x 1333)."""
-    if rows.device.type == "cpu":
-        return torch.from_numpy(np.count_nonzero(rows.numpy(), axis=1))
-    return rows.sum(1)
+def _count_true(mask: torch.Tensor) -> int:
+    """Number of True values in a bool tensor. On the CPU numpy's count is ~10x faster than
+    torch's reductions over bools (3.5 vs 40 ms for 8 masks of 800 x 1333)."""
+    if mask.device.type == "cpu":
+        return int(np.count_nonzero(mask.numpy()))
+    return int(mask.sum())
 
 
 def _safe_ratio(inside: torch.Tensor, whole: torch.Tensor) -> torch.Tensor:
