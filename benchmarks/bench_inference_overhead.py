@@ -17,6 +17,7 @@ common.calibrate_frozen_bn). Run from the repository root:
 """
 
 import argparse
+import contextlib
 import os
 import statistics
 import sys
@@ -36,6 +37,7 @@ from common import (  # noqa: E402
     machine,
     median_ms,
     random_image_inputs,
+    timed_calls,
 )
 
 DETECTIONS = 100
@@ -66,25 +68,14 @@ def time_models(models, inputs, repeats):
     """Interleaved whole-model and `_forward_mask` times (seconds) per model name."""
     total = {name: [] for name in models}
     stage = {name: [] for name in models}
-    for name, model in models.items():
-        heads = model.roi_heads
-        forward_mask = type(heads)._forward_mask
-
-        def timed(features, instances, heads=heads, forward_mask=forward_mask, sink=stage[name]):
-            start = time.perf_counter()
-            out = forward_mask(heads, features, instances)
-            sink.append(time.perf_counter() - start)
-            return out
-
-        heads._forward_mask = timed
-    with torch.no_grad():
+    with contextlib.ExitStack() as timers, torch.no_grad():
+        for name, model in models.items():
+            timers.enter_context(timed_calls(model.roi_heads, "_forward_mask", stage[name]))
         for _ in range(repeats + 1):  # the first round warms up
             for name, model in models.items():
                 start = time.perf_counter()
                 model(inputs)
                 total[name].append(time.perf_counter() - start)
-    for model in models.values():
-        del model.roi_heads._forward_mask
     # Runs alternate, so the ratio within each (baseline, MS) pair cancels slow load drift.
     names = list(models)
     pair_ratio = statistics.median(m / b for b, m in zip(total[names[0]][1:], total[names[1]][1:]))

@@ -14,6 +14,7 @@ Run from the repository root: python benchmarks/bench_soft_nms.py [--repeats 7] 
 """
 
 import argparse
+import contextlib
 import os
 import statistics
 import sys
@@ -28,7 +29,7 @@ sys.path.insert(0, ROOT)
 sys.path.insert(0, HERE)
 sys.path.insert(0, os.path.join(ROOT, "tests"))
 
-from common import build_r50_fpn, calibrate_frozen_bn, machine, median_ms  # noqa: E402
+from common import build_r50_fpn, calibrate_frozen_bn, machine, median_ms, timed_calls  # noqa: E402
 from test_soft_nms import reference_soft_nms  # noqa: E402  (the one plain-loop reference)
 
 from ms_rcnn.soft_nms import batched_soft_nms  # noqa: E402
@@ -142,18 +143,17 @@ def e2e_rows(args):
         num_candidates = int((probs > thresh).sum())
         stage = {hard: [], soft: []}  # seconds in box_predictor.inference (the NMS stage)
         e2e = {hard: [], soft: []}
-        for predictor in (hard, soft):
-            predictor.test_score_thresh = thresh
-            _record_inference_time(predictor, stage[predictor])
-        for _ in range(args.e2e_repeats + 1):  # the first run warms up; alternate for fairness
+        with contextlib.ExitStack() as timers:
             for predictor in (hard, soft):
-                heads.box_predictor = predictor
-                start = time.perf_counter()
-                with torch.no_grad():
-                    num_dets = len(model(inputs)[0]["instances"])
-                e2e[predictor].append(time.perf_counter() - start)
-        for predictor in (hard, soft):
-            del predictor.inference  # back to the class's method
+                predictor.test_score_thresh = thresh
+                timers.enter_context(timed_calls(predictor, "inference", stage[predictor]))
+            for _ in range(args.e2e_repeats + 1):  # the first run warms up; alternate
+                for predictor in (hard, soft):
+                    heads.box_predictor = predictor
+                    start = time.perf_counter()
+                    with torch.no_grad():
+                        num_dets = len(model(inputs)[0]["instances"])
+                    e2e[predictor].append(time.perf_counter() - start)
         heads.box_predictor = hard
 
         def ms(times):
@@ -176,19 +176,6 @@ def e2e_rows(args):
             )
         )
     return rows
-
-
-def _record_inference_time(predictor, sink):
-    """Shadow `predictor.inference` with a copy that appends its wall time to `sink`."""
-    inference = type(predictor).inference
-
-    def timed(predictions, proposals):
-        start = time.perf_counter()
-        out = inference(predictor, predictions, proposals)
-        sink.append(time.perf_counter() - start)
-        return out
-
-    predictor.inference = timed
 
 
 def main():

@@ -20,6 +20,7 @@ Run from the repository root:
 """
 
 import argparse
+import contextlib
 import os
 import statistics
 import sys
@@ -32,7 +33,7 @@ ROOT = os.path.dirname(HERE)
 sys.path.insert(0, ROOT)
 sys.path.insert(0, HERE)
 
-from common import calibrate_frozen_bn, command, machine  # noqa: E402
+from common import calibrate_frozen_bn, command, machine, timed_calls  # noqa: E402
 
 
 def settings_cfg(setting, roi_heads):
@@ -73,33 +74,6 @@ def prefetch(cfg, num):
     return [next(it) for _ in range(num)]
 
 
-class Timers:
-    """Accumulates seconds spent in wrapped functions, per training step."""
-
-    def __init__(self, module, names):
-        self.module, self.names, self.now = module, names, dict.fromkeys(names, 0.0)
-        self.originals = {n: getattr(module, n) for n in names}
-        for n in names:
-            setattr(module, n, self._wrap(n, self.originals[n]))
-
-    def _wrap(self, name, fn):
-        def timed(*args, **kwargs):
-            start = time.perf_counter()
-            out = fn(*args, **kwargs)
-            self.now[name] += time.perf_counter() - start
-            return out
-
-        return timed
-
-    def take(self):
-        out, self.now = self.now, dict.fromkeys(self.names, 0.0)
-        return out
-
-    def restore(self):
-        for n, fn in self.originals.items():
-            setattr(self.module, n, fn)
-
-
 def run_setting(setting, steps):
     from detectron2.modeling import build_model
     from detectron2.solver import build_optimizer
@@ -122,28 +96,27 @@ def run_setting(setting, steps):
     )
     assert all(k.startswith("roi_heads.maskiou_head.") for k in missing.missing_keys)
     optimizers = {name: build_optimizer(cfgs[name], m) for name, m in models.items()}
-    timers = Timers(mask_scoring, ["mask_iou_targets", "gt_mask_crops"])
     times = {name: [] for name in models}
-    parts = []
-    try:
-        with EventStorage():
-            for i, batch in enumerate(batches):
-                for name, model in models.items():
-                    torch.manual_seed(i)  # same sampling of RoIs in both models
-                    timers.take()
-                    start = time.perf_counter()
-                    losses = model(batch)
-                    optimizers[name].zero_grad()
-                    sum(losses.values()).backward()
-                    optimizers[name].step()
-                    elapsed = time.perf_counter() - start
-                    spent = timers.take()
-                    if i >= 2:  # two warm-up steps
-                        times[name].append(elapsed)
-                        if name == "MaskScoringROIHeads":
-                            parts.append((spent, elapsed))
-    finally:
-        timers.restore()
+    calls = {"mask_iou_targets": [], "gt_mask_crops": []}  # seconds per call, MS R-CNN steps
+    parts = []  # per timed MS R-CNN step: ({function: seconds in it}, step seconds)
+    with contextlib.ExitStack() as timers, EventStorage():
+        for fn, sink in calls.items():
+            timers.enter_context(timed_calls(mask_scoring, fn, sink))
+        for i, batch in enumerate(batches):
+            for name, model in models.items():
+                torch.manual_seed(i)  # same sampling of RoIs in both models
+                before = {fn: len(sink) for fn, sink in calls.items()}
+                start = time.perf_counter()
+                losses = model(batch)
+                optimizers[name].zero_grad()
+                sum(losses.values()).backward()
+                optimizers[name].step()
+                elapsed = time.perf_counter() - start
+                if i >= 2:  # two warm-up steps
+                    times[name].append(elapsed)
+                    if name == "MaskScoringROIHeads":
+                        spent = {fn: sum(s[before[fn] :]) for fn, s in calls.items()}
+                        parts.append((spent, elapsed))
     base = statistics.median(times["StandardROIHeads"])
     ms = statistics.median(times["MaskScoringROIHeads"])
     ratio = statistics.median(

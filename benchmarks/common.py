@@ -4,6 +4,7 @@ The benchmarks import this as `common` (they put their own folder on sys.path wh
 scripts from the repository root).
 """
 
+import contextlib
 import os
 import platform
 import statistics
@@ -36,6 +37,30 @@ def median_ms(fns, repeats, min_sample_s=0.05):
                 fn()
             samples[name].append((time.perf_counter() - start) / number[name])
     return {name: 1000 * statistics.median(times) for name, times in samples.items()}
+
+
+@contextlib.contextmanager
+def timed_calls(owner, name, sink):
+    """While active, each call of `owner.<name>` (a module's function or an object's method)
+    appends its wall time in seconds to the list `sink`; afterwards the attribute is as before.
+    """
+    original = getattr(owner, name)
+    had_own = name in vars(owner)  # a module's function; an object's method lives on its class
+
+    def timed(*args, **kwargs):
+        start = time.perf_counter()
+        out = original(*args, **kwargs)
+        sink.append(time.perf_counter() - start)
+        return out
+
+    setattr(owner, name, timed)
+    try:
+        yield sink
+    finally:
+        if had_own:
+            setattr(owner, name, original)
+        else:
+            delattr(owner, name)
 
 
 def machine():
