@@ -30,8 +30,6 @@ ARMS = {
     # training only the MaskIoU head: the "add mask scoring to an existing model" workflow.
     "ms_rcnn_head_only": "configs/demo/ms_rcnn_R_18_demo_maskiou_only.yaml",
 }
-# The head-only schedule is the full one divided by this (its config: 200 of 600 iterations).
-HEAD_ONLY_SCHEDULE_DIVISOR = 3
 CALIBRATION_PLOT = "maskiou_calibration.png"
 ETA_LINE = re.compile(r"eta: (\S+)\s+iter: (\d+)\s+total_loss: ([\d.]+)")
 SPEED_LINE = re.compile(r"Overall training speed: (\d+) iterations in (\S+) \(([\d.]+) s / it\)")
@@ -68,8 +66,8 @@ def run_overrides(args, seed, arm="ms_rcnn"):
         if args.iters < 1:
             raise SystemExit("--iters must be >= 1")
         iters = args.iters
-        if arm == "ms_rcnn_head_only":  # keep its share of the full schedule
-            iters = max(1, iters // HEAD_ONLY_SCHEDULE_DIVISOR)
+        if arm == "ms_rcnn_head_only":  # keep its share of the full schedule (its config's)
+            iters = max(1, iters * config_max_iter(arm) // config_max_iter("mask_rcnn"))
         # Keep the schedule's shape: warm-up, then two LR drops at 75% and 92%.
         steps = (max(1, int(iters * 0.75)), max(1, int(iters * 0.92)))
         opts += ["SOLVER.MAX_ITER", str(iters), "SOLVER.STEPS", str(steps)]
@@ -79,6 +77,18 @@ def run_overrides(args, seed, arm="ms_rcnn"):
         if arm == "mask_rcnn":  # StandardROIHeads plus the Soft-NMS box predictor, nothing else
             opts += ["MODEL.ROI_HEADS.NAME", "SoftNMSROIHeads"]
     return opts + list(args.opts)
+
+
+def config_max_iter(arm):
+    """SOLVER.MAX_ITER of an arm's config (with its _BASE_ files)."""
+    from detectron2.config import get_cfg
+
+    from ms_rcnn import add_ms_rcnn_config
+
+    cfg = get_cfg()
+    add_ms_rcnn_config(cfg)
+    cfg.merge_from_file(os.path.join(ROOT, ARMS[arm]))
+    return cfg.SOLVER.MAX_ITER
 
 
 def baseline_checkpoint(args, seed):
