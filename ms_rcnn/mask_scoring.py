@@ -34,6 +34,7 @@ from torch import nn
 
 from .maskiou_head import (
     build_maskiou_head,
+    check_head_shapes,
     mask_iou_inference,
     mask_iou_loss,
     select_class_column,
@@ -130,20 +131,26 @@ class MaskScoringMixin:
             )
         ret = super().from_config(cfg, input_shape)
         ret.update(cls._init_maskiou_head(cfg, input_shape))
+        # Both heads exist now: refuse shapes that do not chain, naming the config keys.
+        feature_shape = cls._maskiou_input_shape(cfg, input_shape)
+        check_head_shapes(cfg, feature_shape, ret["mask_head"], ret["maskiou_head"])
         return ret
 
     @classmethod
-    def _init_maskiou_head(cls, cfg, input_shape):
+    def _maskiou_input_shape(cls, cfg, input_shape) -> ShapeSpec:
+        """The MaskIoU head sees the same pooled features as the mask head, before its convs."""
         in_features = cfg.MODEL.ROI_HEADS.IN_FEATURES
         channels = {input_shape[f].channels for f in in_features}
         if len(channels) != 1:
             raise ValueError(f"ROI_HEADS.IN_FEATURES {in_features} have different channel counts")
         resolution = cfg.MODEL.ROI_MASK_HEAD.POOLER_RESOLUTION
-        # The MaskIoU head sees the same pooled features as the mask head, before its convs.
-        feature_shape = ShapeSpec(channels=channels.pop(), height=resolution, width=resolution)
+        return ShapeSpec(channels=channels.pop(), height=resolution, width=resolution)
+
+    @classmethod
+    def _init_maskiou_head(cls, cfg, input_shape):
         head = cfg.MODEL.ROI_MASKIOU_HEAD
         return {
-            "maskiou_head": build_maskiou_head(cfg, feature_shape),
+            "maskiou_head": build_maskiou_head(cfg, cls._maskiou_input_shape(cfg, input_shape)),
             "maskiou_loss_weight": head.LOSS_WEIGHT,
             "mask_logit_threshold": head.MASK_LOGIT_THRESHOLD,
             "detach_mask": head.DETACH_MASK,

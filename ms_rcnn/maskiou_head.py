@@ -162,32 +162,33 @@ def build_maskiou_head(cfg, input_shape: ShapeSpec) -> nn.Module:
             f"MODEL.ROI_MASKIOU_HEAD.NAME={name!r} is not registered in ROI_MASKIOU_HEAD_REGISTRY "
             f"(known: {known}). Import the module that registers it before building the model."
         )
-    head = ROI_MASKIOU_HEAD_REGISTRY.get(name)(cfg, input_shape)
-    _check_shapes_at_build(cfg, input_shape, head)
-    return head
+    return ROI_MASKIOU_HEAD_REGISTRY.get(name)(cfg, input_shape)
 
 
-def _check_shapes_at_build(cfg, input_shape: ShapeSpec, head: nn.Module) -> None:
+def check_head_shapes(cfg, input_shape: ShapeSpec, mask_head: nn.Module, head: nn.Module) -> None:
     """Refuse, when the model is built, a mask head or MaskIoU head whose shapes do not chain.
 
-    The MaskIoU head reads S x S RoI features and the mask head's 2S x 2S masks. A custom mask
-    head with another output size, or a MaskIoU head that does not accept `input_shape`, would
-    otherwise fail at the first training step inside torch, without naming a config key. Both
-    heads run once on one zero RoI, in eval mode without gradients, under a forked RNG: nothing
-    they hold or the random stream changes.
+    The MaskIoU head reads S x S RoI features (`input_shape`) and the mask head's 2S x 2S masks.
+    A custom mask head with another output size, or a MaskIoU head that does not accept
+    `input_shape`, would otherwise fail at the first training step inside torch, without naming a
+    config key. The model's own two heads run once on one zero RoI, in eval mode without
+    gradients, under a forked RNG: nothing they hold or the random stream changes.
     """
-    from detectron2.modeling.roi_heads.mask_head import BaseMaskRCNNHead, build_mask_head
+    from detectron2.modeling.roi_heads.mask_head import BaseMaskRCNNHead
 
     c, s = input_shape.channels, input_shape.height
     keys = (
         f"MODEL.ROI_MASK_HEAD.POOLER_RESOLUTION={s}, RoI feature channels {c} "
         "(MODEL.FPN.OUT_CHANNELS / ROI_HEADS.IN_FEATURES)"
     )
+    modes = {m: m.training for m in (mask_head, head)}
     with torch.random.fork_rng(devices=[]), torch.no_grad():
-        mask_head = build_mask_head(cfg, input_shape)
         if isinstance(mask_head, BaseMaskRCNNHead):
             mask_head.eval()
-            out = mask_head.layers(torch.zeros(1, c, s, s))
+            try:
+                out = mask_head.layers(torch.zeros(1, c, s, s))
+            finally:
+                mask_head.train(modes[mask_head])
             if out.dim() != 4 or tuple(out.shape[2:]) != (2 * s, 2 * s):
                 raise ValueError(
                     f"MODEL.ROI_MASK_HEAD.NAME={cfg.MODEL.ROI_MASK_HEAD.NAME!r} maps {s}x{s} RoI "
@@ -195,7 +196,6 @@ def _check_shapes_at_build(cfg, input_shape: ShapeSpec, head: nn.Module) -> None
                     f"MODEL.ROI_MASKIOU_HEAD.NAME={cfg.MODEL.ROI_MASKIOU_HEAD.NAME!r} needs "
                     f"{2 * s}x{2 * s} masks (twice {keys})"
                 )
-        was_training = head.training
         head.eval()
         try:
             pred = head(torch.zeros(1, c, s, s), torch.zeros(1, 1, 2 * s, 2 * s))
@@ -206,7 +206,7 @@ def _check_shapes_at_build(cfg, input_shape: ShapeSpec, head: nn.Module) -> None
                 f"({keys}): {e}"
             ) from e
         finally:
-            head.train(was_training)
+            head.train(modes[head])
     num_classes = cfg.MODEL.ROI_HEADS.NUM_CLASSES
     if tuple(pred.shape) != (1, num_classes):
         raise ValueError(
