@@ -321,6 +321,56 @@ def test_faster_coco_eval_backend_gives_the_official_numbers(dataset, caplog):
     same(ours["segm"], official["segm"])
 
 
+def as_on_detectron2_main_without_compiled_ops(monkeypatch):
+    """Make v0.6's COCOEvaluator decide like Detectron2 main's does without `_C`.
+
+    Main imports `COCOeval_opt` in a try block and, when that fails, binds the name to
+    pycocotools' `COCOeval`; its `__init__` then turns `use_fast_impl` off whenever
+    `COCOeval_opt is COCOeval`, logging "Fast COCO eval is not built". Evaluation reads the
+    module's `COCOeval_opt` when `_use_fast_impl` is on, in both versions.
+    """
+    from detectron2.evaluation import COCOEvaluator
+    from detectron2.evaluation import coco_evaluation as d2
+
+    monkeypatch.setattr(d2, "COCOeval_opt", d2.COCOeval)
+    v06_init = COCOEvaluator.__init__
+
+    def main_init(self, *args, use_fast_impl=True, **kwargs):
+        if use_fast_impl and d2.COCOeval_opt is d2.COCOeval:
+            use_fast_impl = False
+        v06_init(self, *args, use_fast_impl=use_fast_impl, **kwargs)
+
+    monkeypatch.setattr(COCOEvaluator, "__init__", main_init)
+
+
+def test_faster_coco_eval_backend_applies_on_detectron2_main(dataset, monkeypatch):
+    pytest.importorskip("faster_coco_eval")
+    import ms_rcnn.evaluation.cocoeval_backend as backend
+
+    name, _ = dataset
+    official = run(ms(name, use_fast_impl=False), ranking_dets())
+    reference = run(stock(name), ranking_dets())
+
+    as_on_detectron2_main_without_compiled_ops(monkeypatch)
+    # The stock evaluator now falls back, as main's does ...
+    assert stock(name)._use_fast_impl is False
+    # ... and ours must still evaluate with faster-coco-eval, giving the official numbers.
+    used = []
+    faster = backend.faster_cocoeval_class()
+
+    class Recording(faster):
+        def __init__(self, coco_gt=None, coco_dt=None, iou_type="segm"):
+            used.append(iou_type)
+            super().__init__(coco_gt, coco_dt, iou_type)
+
+    monkeypatch.setattr(backend, "faster_cocoeval_class", lambda: Recording)
+    ours = run(ms(name, use_fast_impl=True), ranking_dets())
+    assert sorted(used) == ["bbox", "segm"]
+    same(ours["bbox"], official["bbox"])
+    same(ours["segm"], official["segm"])
+    same(ours["bbox"], reference["bbox"])
+
+
 @pytest.mark.parametrize("iou_type", ["bbox", "segm"])
 def test_faster_cocoeval_equals_pycocotools_on_random_data(iou_type):
     """Twelve summary numbers and the whole precision/recall arrays, on 30 random images with

@@ -111,9 +111,19 @@ class MaskScoringCOCOEvaluator(COCOEvaluator):
                     "slower (`pip install faster-coco-eval` for a faster one)."
                 )
                 use_fast_impl = False
+        # With faster-coco-eval chosen here, the parent must not decide: Detectron2 main turns
+        # use_fast_impl off (and logs a fallback) when its compiled COCOeval is missing. Both
+        # versions read `_use_fast_impl` only when evaluating, inside fast_coco_eval_backend.
         super().__init__(
-            dataset_name, tasks, distributed, output_dir, use_fast_impl=use_fast_impl, **kwargs
+            dataset_name,
+            tasks,
+            distributed,
+            output_dir,
+            use_fast_impl=use_fast_impl and not self._faster_coco_eval,
+            **kwargs,
         )
+        if self._faster_coco_eval:
+            self._use_fast_impl = True
         self._segm_score_key = JSON_SCORE_KEYS[segm_score_field]
         self._calibration = calibration
 
