@@ -437,8 +437,56 @@ def test_build_from_config(dataset):
     cfg.TEST.DETECTIONS_PER_IMAGE = 50
     evaluator = build_ms_rcnn_evaluator(cfg, dataset[0])
     assert evaluator._tasks == ("bbox", "segm")
-    assert evaluator._max_dets_per_image == [1, 10, 50]
     assert run(evaluator, ranking_dets())["segm"]["AP"] == pytest.approx(100.0)
+
+
+@pytest.fixture
+def one_object_dataset(tmp_path):
+    """One 64x64 image with one object, the square rect(30, 60, 30, 60)."""
+    from detectron2.data import DatasetCatalog
+    from detectron2.data.datasets import register_coco_instances
+
+    m = rect(30, 60, 30, 60)
+    ann = {"id": 1, "image_id": 1, "category_id": CAT_A, "segmentation": rle(m),
+           "area": float(m.sum()), "bbox": [30, 30, 30, 30], "iscrowd": 0}  # fmt: skip
+    coco = {
+        "images": [{"id": 1, "file_name": "1.jpg", "height": H, "width": W}],
+        "annotations": [ann],
+        "categories": [{"id": CAT_A, "name": "a"}, {"id": CAT_B, "name": "b"}],
+    }
+    path = tmp_path / "one.json"
+    path.write_text(json.dumps(coco))
+    name = f"msrcnn_eval_one_{uuid.uuid4().hex[:8]}"
+    register_coco_instances(name, {}, str(path), str(tmp_path))
+    DatasetCatalog.get(name)
+    return name
+
+
+@pytest.mark.parametrize("max_dets", [None, 150])
+def test_ap_at_cocos_standard_max_dets(one_object_dataset, max_dets):
+    # 100 false positives outscore the one true positive, which comes 101st. COCO's standard
+    # maxDets 100 never sees it: AP 0 and AR@100 0, whatever TEST.DETECTIONS_PER_IMAGE is.
+    # At maxDets 150 it is found at precision 1/101 and recall 1: AP = 100/101 at every IoU
+    # threshold, in percent.
+    from conftest import tiny_cfg
+
+    from ms_rcnn.evaluation import build_ms_rcnn_evaluator
+
+    cfg = tiny_cfg()
+    cfg.TEST.DETECTIONS_PER_IMAGE = 150
+    fp = [(1, CAT_A, rect(0, 10, 0, 10), 0.9, 1.0)] * 100
+    tp = [(1, CAT_A, rect(30, 60, 30, 60), 0.5, 1.0)]
+    inputs, outputs = make_outputs(fp + tp)
+    evaluator = build_ms_rcnn_evaluator(
+        cfg, one_object_dataset, max_dets_per_image=max_dets, distributed=False
+    )
+    evaluator.reset()
+    evaluator.process(inputs[:1], outputs[:1])
+    results = evaluator.evaluate()
+    expected = 0.0 if max_dets is None else 100 / 101
+    for task in ("bbox", "segm"):
+        assert results[task]["AP"] == pytest.approx(expected, abs=1e-9), task
+        assert results[task]["AP50"] == pytest.approx(expected, abs=1e-9), task
 
 
 def test_ablation_reproduces_the_evaluators(dataset, tmp_path):

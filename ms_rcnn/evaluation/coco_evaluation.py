@@ -229,13 +229,21 @@ class MaskScoringCOCOEvaluator(COCOEvaluator):
 
 
 def build_ms_rcnn_evaluator(
-    cfg, dataset_name, output_dir=None, *, segm_score_field="mask_scores", distributed=True
+    cfg,
+    dataset_name,
+    output_dir=None,
+    *,
+    segm_score_field="mask_scores",
+    distributed=True,
+    max_dets_per_image=None,
 ):
     """A `MaskScoringCOCOEvaluator` set up from a Detectron2 config.
 
-    Unlike Detectron2's `tools/train_net.py`, this passes `cfg.TEST.DETECTIONS_PER_IMAGE` on as
-    COCOeval's maxDets, and names the tasks from the config so that a model that detects
-    nothing still gets (NaN) segm results.
+    AP is COCO's standard one, at maxDets [1, 10, 100] whatever `cfg.TEST.DETECTIONS_PER_IMAGE`
+    is (as Detectron2's `tools/train_net.py` evaluates), so figures compare with published ones:
+    a model keeping more than 100 detections per image is scored on its 100 best, as on the COCO
+    leaderboard. The tasks are named from the config so that a model that detects nothing still
+    gets (NaN) segm results.
 
     Args:
         cfg (CfgNode): the model config.
@@ -243,18 +251,31 @@ def build_ms_rcnn_evaluator(
         output_dir (str): where predictions, calibration.json and the plot go (or None).
         segm_score_field (str): see `MaskScoringCOCOEvaluator`.
         distributed (bool): gather predictions from all ranks before evaluating.
+        max_dets_per_image (int): evaluate at maxDets [1, 10, this] instead (e.g. for dense
+            datasets); COCOeval's printed summary then says maxDets=this on every line, and
+            the numbers are not comparable with standard COCO AP. None: the standard 100.
     """
     tasks = ("bbox",)
     if cfg.MODEL.MASK_ON:
         tasks += ("segm",)
     if cfg.MODEL.KEYPOINT_ON:
         tasks += ("keypoints",)
+    if max_dets_per_image is None and cfg.TEST.DETECTIONS_PER_IMAGE > 100:
+        logger.info(
+            f"TEST.DETECTIONS_PER_IMAGE={cfg.TEST.DETECTIONS_PER_IMAGE}, but COCO AP counts the "
+            "100 best detections of each image (maxDets 100, comparable with published AP)."
+        )
+    elif max_dets_per_image is not None and max_dets_per_image != 100:
+        logger.warning(
+            f"Evaluating at maxDets {max_dets_per_image}, not COCO's standard 100: these AP "
+            "figures are not comparable with published COCO AP."
+        )
     return MaskScoringCOCOEvaluator(
         dataset_name,
         tasks=tasks,
         distributed=distributed,
         output_dir=output_dir,
         segm_score_field=segm_score_field,
-        max_dets_per_image=cfg.TEST.DETECTIONS_PER_IMAGE,
+        max_dets_per_image=max_dets_per_image,
         kpt_oks_sigmas=list(cfg.TEST.KEYPOINT_OKS_SIGMAS),
     )
