@@ -2,8 +2,8 @@
 
 `MaskScoringCOCOEvaluator` is Detectron2's `COCOEvaluator` with three changes:
 
-- segm AP ranks detections by `mask_scores` (= scores * pred_maskiou) while bbox AP keeps the
-  classification `scores`, as the official code does; a model without `mask_scores` (plain
+- segm AP ranks detections by `mask_scores` (= scores * pred_maskiou) while bbox AP keeps
+  `scores`, as the official code does; a model without `mask_scores` (plain
   Mask R-CNN) is evaluated exactly like the stock evaluator;
 - when Detectron2 was built without compiled ops, it evaluates with faster-coco-eval if that is
   installed, else with pycocotools' COCOeval, instead of failing on `COCOeval_opt` (same
@@ -164,7 +164,7 @@ class MaskScoringCOCOEvaluator(COCOEvaluator):
         The parent's `_evaluate_predictions_on_coco` changed signature between Detectron2
         versions, so instead of calling it, this calls the parent's `_eval_predictions` twice:
         once for the non-segm tasks on the original detections (this pass also writes
-        `coco_instances_results.json` with the classification scores), and once for segm on
+        `coco_instances_results.json` with `scores`), and once for segm on
         copies whose "score" is the mask score, with writing switched off.
         """
         coco_results = list(itertools.chain(*[p["instances"] for p in predictions]))
