@@ -253,7 +253,9 @@ def build_ms_rcnn_evaluator(
         distributed (bool): gather predictions from all ranks before evaluating.
         max_dets_per_image (int): evaluate at maxDets [1, 10, this] instead (e.g. for dense
             datasets); COCOeval's printed summary then says maxDets=this on every line, and
-            the numbers are not comparable with standard COCO AP. None: the standard 100.
+            the numbers are not comparable with standard COCO AP. Detectron2 then evaluates
+            with its pure-Python `COCOevalMaxDets`, never a fast COCOeval. None: the standard
+            100.
     """
     tasks = ("bbox",)
     if cfg.MODEL.MASK_ON:
