@@ -139,7 +139,7 @@ class SoftNMSFastRCNNOutputLayers(FastRCNNOutputLayers):
         *,
         soft_nms_enabled: bool = False,
         soft_nms_method: str = "gaussian",
-        soft_nms_sigma: float = 0.5,
+        soft_nms_sigma: float = 0.6,
         soft_nms_iou_threshold: float = 0.3,
         soft_nms_score_threshold: float = 0.001,
         **kwargs,
@@ -149,7 +149,7 @@ class SoftNMSFastRCNNOutputLayers(FastRCNNOutputLayers):
             input_shape, kwargs: as `FastRCNNOutputLayers`.
             soft_nms_enabled: TEST.SOFT_NMS.ENABLED; False (default) keeps hard NMS.
             soft_nms_method: TEST.SOFT_NMS.METHOD, "gaussian", "linear" or "hard".
-            soft_nms_sigma: TEST.SOFT_NMS.SIGMA, > 0.
+            soft_nms_sigma: TEST.SOFT_NMS.SIGMA, > 0 (default: the MS R-CNN paper's 0.6).
             soft_nms_iou_threshold: TEST.SOFT_NMS.IOU_THRESHOLD, in [0, 1].
             soft_nms_score_threshold: TEST.SOFT_NMS.SCORE_THRESHOLD, in [0, 1].
 

@@ -44,10 +44,11 @@ def _add_maskiou_head_config(cfg):
         "DETACH_MASK": True,
         # Stop the MaskIoU loss's gradient from reaching the backbone through the RoI features.
         "DETACH_FEATURES": False,
-        # Clamp the predicted IoU to [0, 1] before it multiplies the classification score.
+        # Clamp the predicted IoU to [0, 1] before it multiplies `scores`.
         "CLAMP_PREDICTION": True,
         # At inference, also write mask_scores into `scores` (for tools that read only `scores`;
-        # box AP then changes too). By default `scores` stays the classification score.
+        # box AP then changes too). By default `scores` stays the box predictor's: the
+        # classification score, or with TEST.SOFT_NMS.ENABLED the Soft-NMS-decayed one.
         "OVERWRITE_SCORES": False,
         # Train only the MaskIoU head: freeze every other parameter (start from a trained
         # Mask R-CNN checkpoint).
@@ -62,12 +63,16 @@ def _add_soft_nms_config(cfg):
     node = cfg.TEST.SOFT_NMS
     defaults = {
         # Replace the box head's test-time hard NMS with Soft-NMS (training and RPN unchanged).
+        # Off by default, as in the official code, whose published numbers use hard NMS; the
+        # paper used Soft-NMS (Gaussian, SIGMA 0.6, SCORE_THRESHOLD 0.001: the author's setting
+        # in the official repo's issue #5), which the defaults below reproduce.
         "ENABLED": False,
         # "gaussian": score *= exp(-iou^2 / SIGMA); "linear": score *= 1 - iou when
         # iou > IOU_THRESHOLD; "hard": plain NMS at IOU_THRESHOLD.
         "METHOD": "gaussian",
-        # Gaussian decay width (> 0).
-        "SIGMA": 0.5,
+        # Gaussian decay width (> 0): the paper's 0.6. (Bodla et al.'s Soft-NMS code, with the
+        # same formula, defaults to 0.5, as do the `ms_rcnn.soft_nms` functions.)
+        "SIGMA": 0.6,
         # Overlap above which "linear" decays and "hard" suppresses, in [0, 1].
         "IOU_THRESHOLD": 0.3,
         # Boxes whose decayed score falls to or below this are dropped, in [0, 1).

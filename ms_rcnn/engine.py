@@ -21,7 +21,7 @@ from .box_predictor import SoftNMSFastRCNNOutputLayers
 from .checkpoint import MSRCNNCheckpointer
 from .config import add_ms_rcnn_config
 from .evaluation import build_ms_rcnn_evaluator, save_eval_results
-from .tta import MaskScoringRCNNWithTTA
+from .tta import MaskScoringRCNNWithTTA, check_tta_supported
 
 __all__ = ["Trainer", "setup", "main", "freeze_all_but_maskiou"]
 
@@ -106,6 +106,8 @@ class Trainer(DefaultTrainer):
     def build_model(cls, cfg):
         model = super().build_model(cfg)
         check_soft_nms_supported(cfg, model)
+        if cfg.TEST.AUG.ENABLED:  # refuse now, not after training when the TTA eval starts
+            check_tta_supported(model)
         if cfg.MODEL.ROI_MASKIOU_HEAD.TRAIN_ONLY_MASKIOU:
             n = freeze_all_but_maskiou(model)
             logger.info(f"TRAIN_ONLY_MASKIOU: training only the MaskIoU head ({n} parameters)")

@@ -53,8 +53,8 @@ class MaskScoringMixin:
     runs, as in StandardROIHeads and CascadeROIHeads.
 
     Inference adds, per detection, `pred_maskiou` (predicted IoU of its mask with the object) and
-    `mask_scores` = `scores` * `pred_maskiou`, leaving `scores` the classification score unless
-    `overwrite_scores`.
+    `mask_scores` = `scores` * `pred_maskiou`, leaving `scores` as the box predictor gave it (the
+    classification score, or with Soft-NMS the decayed one) unless `overwrite_scores`.
     """
 
     def __init_subclass__(cls, **kwargs):

@@ -260,8 +260,9 @@ def mask_iou_inference(
     """Write the predicted IoU and the mask score into each image's instances.
 
     For each detection: `pred_maskiou` = the predicted IoU of its predicted class (clamped to
-    [0, 1] if `clamp`), `mask_scores` = `scores` * `pred_maskiou`. `scores` stays the
-    classification score unless `overwrite_scores`. Detections are not re-sorted.
+    [0, 1] if `clamp`), `mask_scores` = `scores` * `pred_maskiou`. `scores` stays the box
+    predictor's (the classification score, or the Soft-NMS-decayed one) unless
+    `overwrite_scores`. Detections are not re-sorted.
 
     Args:
         pred_maskiou: (R, K) predictions for the R detections of all images, in order.

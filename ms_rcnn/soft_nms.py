@@ -89,7 +89,8 @@ def soft_nms(
         scores: (N,) scores, floating point.
         method: "gaussian" (score *= exp(-iou^2 / sigma)), "linear" (score *= 1 - iou when
             iou > iou_threshold) or "hard" (plain NMS: drop a box when iou > iou_threshold).
-        sigma: width of the gaussian decay, > 0. Only used by "gaussian".
+        sigma: width of the gaussian decay, > 0. Only used by "gaussian". The default 0.5 is
+            Bodla et al.'s; the model's TEST.SOFT_NMS.SIGMA defaults to the MS R-CNN paper's 0.6.
         iou_threshold: in [0, 1]; overlap above which "linear" decays and "hard" suppresses.
         score_threshold: in [0, 1]; boxes whose (decayed) score is <= this are dropped.
         topk: if given (>= 0), return only the first `topk` results and stop computing as soon

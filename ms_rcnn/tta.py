@@ -3,17 +3,43 @@
 Detectron2's GeneralizedRCNNWithTTA runs the mask branch once per augmentation on the merged
 boxes, averages `pred_masks`, and rebuilds the output without any other field, so
 `pred_maskiou` and `mask_scores` would be lost. This subclass averages the predicted IoUs the
-same way and sets both fields.
+same way and sets both fields, and honours `MODEL.ROI_MASKIOU_HEAD.OVERWRITE_SCORES`.
+
+Soft-NMS (`TEST.SOFT_NMS.ENABLED`) is refused: the parent merges the augmentations with hard
+NMS, which would drop the overlapping detections Soft-NMS keeps (docs/DESIGN.md says why this
+does not merge with Soft-NMS instead).
 """
 
 import torch
 from detectron2.modeling import GeneralizedRCNNWithTTA
 
-__all__ = ["MaskScoringRCNNWithTTA"]
+__all__ = ["MaskScoringRCNNWithTTA", "check_tta_supported"]
+
+
+def check_tta_supported(model) -> None:
+    """Raise ValueError if `model` runs test-time Soft-NMS, which TTA cannot honour.
+
+    Args:
+        model: the detector (unwrapped from DistributedDataParallel).
+    """
+    if any(getattr(m, "soft_nms_enabled", False) for m in model.modules()):
+        raise ValueError(
+            "TEST.SOFT_NMS.ENABLED=True cannot be combined with test-time augmentation "
+            "(TEST.AUG.ENABLED=True, MaskScoringRCNNWithTTA): merging the augmentations would "
+            "replace Soft-NMS by hard NMS. Set one of the two to False."
+        )
 
 
 class MaskScoringRCNNWithTTA(GeneralizedRCNNWithTTA):
-    """GeneralizedRCNNWithTTA for models with MaskScoringROIHeads (same constructor)."""
+    """GeneralizedRCNNWithTTA for models with MaskScoringROIHeads (same constructor).
+
+    Raises:
+        ValueError: if the model runs Soft-NMS (`check_tta_supported`).
+    """
+
+    def __init__(self, cfg, model, tta_mapper=None, batch_size=3):
+        super().__init__(cfg, model, tta_mapper=tta_mapper, batch_size=batch_size)
+        check_tta_supported(self.model)
 
     def _rescale_detected_boxes(self, augmented_inputs, merged_instances, tfms):
         # The parent later sets pred_masks on this very object; remember it so the averaged
@@ -25,7 +51,11 @@ class MaskScoringRCNNWithTTA(GeneralizedRCNNWithTTA):
         merged = self._merged_instances
         self._merged_instances = None
         if all(o.has("pred_maskiou") for o in outputs):
+            # The boxes were detected with the mask branch off, so merged.scores are still the
+            # classification scores here, whatever OVERWRITE_SCORES says.
             maskiou = torch.stack([o.pred_maskiou for o in outputs], dim=0).mean(dim=0)
             merged.pred_maskiou = maskiou
             merged.mask_scores = merged.scores * maskiou
+            if getattr(self.model.roi_heads, "overwrite_scores", False):
+                merged.scores = merged.mask_scores
         return super()._reduce_pred_masks(outputs, tfms)

@@ -321,6 +321,56 @@ def test_faster_coco_eval_backend_gives_the_official_numbers(dataset, caplog):
     same(ours["segm"], official["segm"])
 
 
+def as_on_detectron2_main_without_compiled_ops(monkeypatch):
+    """Make v0.6's COCOEvaluator decide like Detectron2 main's does without `_C`.
+
+    Main imports `COCOeval_opt` in a try block and, when that fails, binds the name to
+    pycocotools' `COCOeval`; its `__init__` then turns `use_fast_impl` off whenever
+    `COCOeval_opt is COCOeval`, logging "Fast COCO eval is not built". Evaluation reads the
+    module's `COCOeval_opt` when `_use_fast_impl` is on, in both versions.
+    """
+    from detectron2.evaluation import COCOEvaluator
+    from detectron2.evaluation import coco_evaluation as d2
+
+    monkeypatch.setattr(d2, "COCOeval_opt", d2.COCOeval)
+    v06_init = COCOEvaluator.__init__
+
+    def main_init(self, *args, use_fast_impl=True, **kwargs):
+        if use_fast_impl and d2.COCOeval_opt is d2.COCOeval:
+            use_fast_impl = False
+        v06_init(self, *args, use_fast_impl=use_fast_impl, **kwargs)
+
+    monkeypatch.setattr(COCOEvaluator, "__init__", main_init)
+
+
+def test_faster_coco_eval_backend_applies_on_detectron2_main(dataset, monkeypatch):
+    pytest.importorskip("faster_coco_eval")
+    import ms_rcnn.evaluation.cocoeval_backend as backend
+
+    name, _ = dataset
+    official = run(ms(name, use_fast_impl=False), ranking_dets())
+    reference = run(stock(name), ranking_dets())
+
+    as_on_detectron2_main_without_compiled_ops(monkeypatch)
+    # The stock evaluator now falls back, as main's does ...
+    assert stock(name)._use_fast_impl is False
+    # ... and ours must still evaluate with faster-coco-eval, giving the official numbers.
+    used = []
+    faster = backend.faster_cocoeval_class()
+
+    class Recording(faster):
+        def __init__(self, coco_gt=None, coco_dt=None, iou_type="segm"):
+            used.append(iou_type)
+            super().__init__(coco_gt, coco_dt, iou_type)
+
+    monkeypatch.setattr(backend, "faster_cocoeval_class", lambda: Recording)
+    ours = run(ms(name, use_fast_impl=True), ranking_dets())
+    assert sorted(used) == ["bbox", "segm"]
+    same(ours["bbox"], official["bbox"])
+    same(ours["segm"], official["segm"])
+    same(ours["bbox"], reference["bbox"])
+
+
 @pytest.mark.parametrize("iou_type", ["bbox", "segm"])
 def test_faster_cocoeval_equals_pycocotools_on_random_data(iou_type):
     """Twelve summary numbers and the whole precision/recall arrays, on 30 random images with
@@ -387,8 +437,56 @@ def test_build_from_config(dataset):
     cfg.TEST.DETECTIONS_PER_IMAGE = 50
     evaluator = build_ms_rcnn_evaluator(cfg, dataset[0])
     assert evaluator._tasks == ("bbox", "segm")
-    assert evaluator._max_dets_per_image == [1, 10, 50]
     assert run(evaluator, ranking_dets())["segm"]["AP"] == pytest.approx(100.0)
+
+
+@pytest.fixture
+def one_object_dataset(tmp_path):
+    """One 64x64 image with one object, the square rect(30, 60, 30, 60)."""
+    from detectron2.data import DatasetCatalog
+    from detectron2.data.datasets import register_coco_instances
+
+    m = rect(30, 60, 30, 60)
+    ann = {"id": 1, "image_id": 1, "category_id": CAT_A, "segmentation": rle(m),
+           "area": float(m.sum()), "bbox": [30, 30, 30, 30], "iscrowd": 0}  # fmt: skip
+    coco = {
+        "images": [{"id": 1, "file_name": "1.jpg", "height": H, "width": W}],
+        "annotations": [ann],
+        "categories": [{"id": CAT_A, "name": "a"}, {"id": CAT_B, "name": "b"}],
+    }
+    path = tmp_path / "one.json"
+    path.write_text(json.dumps(coco))
+    name = f"msrcnn_eval_one_{uuid.uuid4().hex[:8]}"
+    register_coco_instances(name, {}, str(path), str(tmp_path))
+    DatasetCatalog.get(name)
+    return name
+
+
+@pytest.mark.parametrize("max_dets", [None, 150])
+def test_ap_at_cocos_standard_max_dets(one_object_dataset, max_dets):
+    # 100 false positives outscore the one true positive, which comes 101st. COCO's standard
+    # maxDets 100 never sees it: AP 0 and AR@100 0, whatever TEST.DETECTIONS_PER_IMAGE is.
+    # At maxDets 150 it is found at precision 1/101 and recall 1: AP = 100/101 at every IoU
+    # threshold, in percent.
+    from conftest import tiny_cfg
+
+    from ms_rcnn.evaluation import build_ms_rcnn_evaluator
+
+    cfg = tiny_cfg()
+    cfg.TEST.DETECTIONS_PER_IMAGE = 150
+    fp = [(1, CAT_A, rect(0, 10, 0, 10), 0.9, 1.0)] * 100
+    tp = [(1, CAT_A, rect(30, 60, 30, 60), 0.5, 1.0)]
+    inputs, outputs = make_outputs(fp + tp)
+    evaluator = build_ms_rcnn_evaluator(
+        cfg, one_object_dataset, max_dets_per_image=max_dets, distributed=False
+    )
+    evaluator.reset()
+    evaluator.process(inputs[:1], outputs[:1])
+    results = evaluator.evaluate()
+    expected = 0.0 if max_dets is None else 100 / 101
+    for task in ("bbox", "segm"):
+        assert results[task]["AP"] == pytest.approx(expected, abs=1e-9), task
+        assert results[task]["AP50"] == pytest.approx(expected, abs=1e-9), task
 
 
 def test_ablation_reproduces_the_evaluators(dataset, tmp_path):

@@ -240,28 +240,6 @@ def test_mask_iou_targets_exported():
     assert callable(mask_iou_targets)
 
 
-def test_test_time_augmentation_keeps_mask_scores():
-    from ms_rcnn.tta import MaskScoringRCNNWithTTA
-
-    cfg = tiny_cfg("MaskScoringROIHeads")
-    cfg.MODEL.ROI_HEADS.SCORE_THRESH_TEST = 0.0
-    cfg.TEST.AUG.MIN_SIZES = (48, 64)
-    cfg.TEST.AUG.MAX_SIZE = 100
-    cfg.TEST.AUG.FLIP = True
-    torch.manual_seed(0)
-    model = build_model(cfg).eval()
-    batch = make_batch()
-    tta = MaskScoringRCNNWithTTA(cfg, model, batch_size=2)
-    with torch.no_grad():
-        outputs = tta([{k: v for k, v in x.items() if k != "instances"} for x in batch])
-    assert sum(len(o["instances"]) for o in outputs) > 0
-    for out in outputs:
-        inst = out["instances"]
-        assert inst.has("pred_maskiou") and inst.has("pred_masks")
-        torch.testing.assert_close(inst.mask_scores, inst.scores * inst.pred_maskiou)
-        assert (inst.pred_maskiou >= 0).all() and (inst.pred_maskiou <= 1).all()
-
-
 def test_soft_nms_roi_heads_equal_standard_when_disabled():
     torch.manual_seed(3)
     standard = build_model(tiny_cfg("StandardROIHeads"))

@@ -279,11 +279,11 @@ def test_hypothesis_matches_reference(
 
 
 # ---------------------------------------------------------------- Detectron2 integration
-def expected_detections(boxes, scores, shape, score_thresh, topk, soft_nms_score_threshold):
+def expected_detections(boxes, scores, shape, score_thresh, topk, soft_nms_score_threshold, sigma):
     """Plain-Python expectation of one image's (rows, classes, scores, boxes) detections.
 
     As Detectron2: skip rows with non-finite values, clip boxes to the image, take every
-    (row, class) with score > score_thresh; then reference Soft-NMS (gaussian, sigma 0.5) per
+    (row, class) with score > score_thresh; then reference Soft-NMS (gaussian, `sigma`) per
     class and the top `topk` by decayed score.
     """
     num_classes = scores.shape[1] - 1
@@ -298,7 +298,11 @@ def expected_detections(boxes, scores, shape, score_thresh, topk, soft_nms_score
                 cand_boxes.append([min(max(v, 0.0), shape[1 - k % 2]) for k, v in enumerate(b)])
                 cand_scores.append(scores[r, c].item())
     keep, new_scores = reference_soft_nms(
-        cand_boxes, cand_scores, [c for _, c in cand], score_threshold=soft_nms_score_threshold
+        cand_boxes,
+        cand_scores,
+        [c for _, c in cand],
+        sigma=sigma,
+        score_threshold=soft_nms_score_threshold,
     )
     keep = keep[:topk]
     return (
@@ -310,10 +314,11 @@ def expected_detections(boxes, scores, shape, score_thresh, topk, soft_nms_score
 
 
 @pytest.mark.parametrize(
-    "method,expected", [("gaussian", 0.8 * math.exp(-(1 / 9) / 0.5)), ("linear", 0.8 * 2 / 3)]
+    "method,expected", [("gaussian", 0.8 * math.exp(-(1 / 9) / 0.6)), ("linear", 0.8 * 2 / 3)]
 )
 def test_predictor_two_boxes_by_hand(method, expected):
-    # IoU([0,0,10,10], [5,0,15,10]) = 50 / 150 = 1/3; class probabilities 0.9 and 0.8.
+    # IoU([0,0,10,10], [5,0,15,10]) = 50 / 150 = 1/3; class probabilities 0.9 and 0.8; the
+    # predictor's default Gaussian sigma is the paper's 0.6.
     proposals = Instances((20, 30))
     proposals.proposal_boxes = Boxes(torch.tensor([[0.0, 0, 10, 10], [5, 0, 15, 10]]))
     predictions = (torch.tensor([[math.log(9.0), 0.0], [math.log(4.0), 0.0]]), torch.zeros(2, 4))
@@ -345,7 +350,7 @@ def test_fast_rcnn_inference_soft_nms_matches_reference(class_agnostic):
         [boxes], [scores], [shape], 0.05, "gaussian", 0.5, 0.3, 0.01, 20
     )
     exp_rows, exp_classes, exp_scores, exp_boxes = expected_detections(
-        boxes, scores, shape, 0.05, 20, 0.01
+        boxes, scores, shape, 0.05, 20, 0.01, sigma=0.5
     )
     assert len(exp_rows) == 20 and rows.tolist() == exp_rows
     assert result.pred_classes.tolist() == exp_classes
@@ -413,9 +418,10 @@ def test_enabled_predictor_in_a_model():
         assert {"pred_boxes", "scores", "pred_classes", "pred_masks"} <= set(out.get_fields())
         assert 0 < len(out) <= 7 and torch.equal(out.scores, res.scores)
         assert bool((out.scores[1:] <= out.scores[:-1]).all())
-        # The decayed scores of Soft-NMS over the candidates (scores > SCORE_THRESH_TEST).
+        # The decayed scores of Soft-NMS over the candidates (scores > SCORE_THRESH_TEST), with
+        # the paper's setting as the default: Gaussian, sigma 0.6, score threshold 0.001.
         _, classes, exp_scores, _ = expected_detections(
-            boxes, scores, props.image_size, 0.05, 7, 0.001
+            boxes, scores, props.image_size, 0.05, 7, 0.001, sigma=0.6
         )
         assert res.pred_classes.tolist() == classes
         torch.testing.assert_close(res.scores, exp_scores)

@@ -2,8 +2,8 @@
 
 `MaskScoringCOCOEvaluator` is Detectron2's `COCOEvaluator` with three changes:
 
-- segm AP ranks detections by `mask_scores` (= scores * pred_maskiou) while bbox AP keeps the
-  classification `scores`, as the official code does; a model without `mask_scores` (plain
+- segm AP ranks detections by `mask_scores` (= scores * pred_maskiou) while bbox AP keeps
+  `scores`, as the official code does; a model without `mask_scores` (plain
   Mask R-CNN) is evaluated exactly like the stock evaluator;
 - when Detectron2 was built without compiled ops, it evaluates with faster-coco-eval if that is
   installed, else with pycocotools' COCOeval, instead of failing on `COCOeval_opt` (same
@@ -111,9 +111,19 @@ class MaskScoringCOCOEvaluator(COCOEvaluator):
                     "slower (`pip install faster-coco-eval` for a faster one)."
                 )
                 use_fast_impl = False
+        # With faster-coco-eval chosen here, the parent must not decide: Detectron2 main turns
+        # use_fast_impl off (and logs a fallback) when its compiled COCOeval is missing. Both
+        # versions read `_use_fast_impl` only when evaluating, inside fast_coco_eval_backend.
         super().__init__(
-            dataset_name, tasks, distributed, output_dir, use_fast_impl=use_fast_impl, **kwargs
+            dataset_name,
+            tasks,
+            distributed,
+            output_dir,
+            use_fast_impl=use_fast_impl and not self._faster_coco_eval,
+            **kwargs,
         )
+        if self._faster_coco_eval:
+            self._use_fast_impl = True
         self._segm_score_key = JSON_SCORE_KEYS[segm_score_field]
         self._calibration = calibration
 
@@ -154,7 +164,7 @@ class MaskScoringCOCOEvaluator(COCOEvaluator):
         The parent's `_evaluate_predictions_on_coco` changed signature between Detectron2
         versions, so instead of calling it, this calls the parent's `_eval_predictions` twice:
         once for the non-segm tasks on the original detections (this pass also writes
-        `coco_instances_results.json` with the classification scores), and once for segm on
+        `coco_instances_results.json` with `scores`), and once for segm on
         copies whose "score" is the mask score, with writing switched off.
         """
         coco_results = list(itertools.chain(*[p["instances"] for p in predictions]))
@@ -219,13 +229,21 @@ class MaskScoringCOCOEvaluator(COCOEvaluator):
 
 
 def build_ms_rcnn_evaluator(
-    cfg, dataset_name, output_dir=None, *, segm_score_field="mask_scores", distributed=True
+    cfg,
+    dataset_name,
+    output_dir=None,
+    *,
+    segm_score_field="mask_scores",
+    distributed=True,
+    max_dets_per_image=None,
 ):
     """A `MaskScoringCOCOEvaluator` set up from a Detectron2 config.
 
-    Unlike Detectron2's `tools/train_net.py`, this passes `cfg.TEST.DETECTIONS_PER_IMAGE` on as
-    COCOeval's maxDets, and names the tasks from the config so that a model that detects
-    nothing still gets (NaN) segm results.
+    AP is COCO's standard one, at maxDets [1, 10, 100] whatever `cfg.TEST.DETECTIONS_PER_IMAGE`
+    is (as Detectron2's `tools/train_net.py` evaluates), so figures compare with published ones:
+    a model keeping more than 100 detections per image is scored on its 100 best, as on the COCO
+    leaderboard. The tasks are named from the config so that a model that detects nothing still
+    gets (NaN) segm results.
 
     Args:
         cfg (CfgNode): the model config.
@@ -233,18 +251,33 @@ def build_ms_rcnn_evaluator(
         output_dir (str): where predictions, calibration.json and the plot go (or None).
         segm_score_field (str): see `MaskScoringCOCOEvaluator`.
         distributed (bool): gather predictions from all ranks before evaluating.
+        max_dets_per_image (int): evaluate at maxDets [1, 10, this] instead (e.g. for dense
+            datasets); COCOeval's printed summary then says maxDets=this on every line, and
+            the numbers are not comparable with standard COCO AP. Detectron2 then evaluates
+            with its pure-Python `COCOevalMaxDets`, never a fast COCOeval. None: the standard
+            100.
     """
     tasks = ("bbox",)
     if cfg.MODEL.MASK_ON:
         tasks += ("segm",)
     if cfg.MODEL.KEYPOINT_ON:
         tasks += ("keypoints",)
+    if max_dets_per_image is None and cfg.TEST.DETECTIONS_PER_IMAGE > 100:
+        logger.info(
+            f"TEST.DETECTIONS_PER_IMAGE={cfg.TEST.DETECTIONS_PER_IMAGE}, but COCO AP counts the "
+            "100 best detections of each image (maxDets 100, comparable with published AP)."
+        )
+    elif max_dets_per_image is not None and max_dets_per_image != 100:
+        logger.warning(
+            f"Evaluating at maxDets {max_dets_per_image}, not COCO's standard 100: these AP "
+            "figures are not comparable with published COCO AP."
+        )
     return MaskScoringCOCOEvaluator(
         dataset_name,
         tasks=tasks,
         distributed=distributed,
         output_dir=output_dir,
         segm_score_field=segm_score_field,
-        max_dets_per_image=cfg.TEST.DETECTIONS_PER_IMAGE,
+        max_dets_per_image=max_dets_per_image,
         kpt_oks_sigmas=list(cfg.TEST.KEYPOINT_OKS_SIGMAS),
     )

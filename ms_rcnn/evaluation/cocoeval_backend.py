@@ -4,7 +4,9 @@ Detectron2's `COCOEvaluator(use_fast_impl=True)` uses `COCOeval_opt`, which need
 compiled ops; the pure-Python build ms-rcnn installs has none, so the stock evaluator would fall
 back to pycocotools' pure-Python `COCOeval` (3-6x slower, see docs/BENCHMARKS.md). When the
 `faster-coco-eval` package (C++ wheels on PyPI, `pip install faster-coco-eval`) is installed,
-`MaskScoringCOCOEvaluator` uses it instead. Its results equal pycocotools' (tests compare the
+`MaskScoringCOCOEvaluator` uses it instead, on Detectron2 v0.6 and main alike (main's
+`COCOEvaluator` would turn `use_fast_impl` off when `COCOeval_opt` fails to import; the
+evaluator keeps that decision to itself). Its results equal pycocotools' (tests compare the
 twelve summary numbers and the whole precision array).
 """
 
