@@ -209,7 +209,7 @@ def main():
         minutes = (time.time() - run_start) / 60
         print(f"[{k + 1}/{len(runs)}] {arm} seed {seed} done in {minutes:.1f} min", flush=True)
 
-    from ms_rcnn.evaluation.compare import comparison_table, load_arms, plot_comparison
+    from ms_rcnn.analysis.compare import comparison_table, load_arms, plot_comparison
 
     specs = [
         f"{arm}=" + ",".join(os.path.join(args.output_dir, f"{arm}_s{s}") for s in args.seeds)

@@ -16,7 +16,7 @@ from typing import Dict, List, Optional, Sequence
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
-from .calibration import JSON_SCORE_KEYS, SCORE_FIELDS
+from ..evaluation.calibration import JSON_SCORE_KEYS, SCORE_FIELDS
 
 __all__ = [
     "SEGM_METRICS",

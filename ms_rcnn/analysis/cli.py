@@ -5,14 +5,15 @@ import json
 import sys
 from typing import List, Optional
 
+from ..evaluation.calibration import SCORE_FIELDS
+from ..evaluation.results_file import json_safe
 from .ablation import (
     ablation_table,
     load_coco_gt,
     load_predictions,
     score_field_ablation,
 )
-from .calibration import SCORE_FIELDS
-from .compare import _json_safe, comparison_table, load_arms, per_run_table, plot_comparison
+from .compare import comparison_table, load_arms, per_run_table, plot_comparison
 
 __all__ = ["build_parser", "main"]
 
@@ -134,7 +135,7 @@ def _run_ablate(args) -> int:
     print(ablation_table(results))
     if args.output:
         with open(args.output, "w") as f:
-            json.dump(_json_safe(results), f, indent=2)
+            json.dump(json_safe(results), f, indent=2)
         print()
         print(f"Results written to {args.output}")
     return 0

@@ -1,4 +1,4 @@
-"""The run comparison: loading results, mean ± std per arm, deltas, markdown and bar chart."""
+"""ms_rcnn.analysis.compare: loading results, mean ± std per arm, deltas, markdown and bar chart."""
 
 import json
 import os
@@ -55,7 +55,8 @@ def runs(tmp_path):
 
 
 def test_load_eval_results_forms(runs, tmp_path):
-    from ms_rcnn.evaluation import load_eval_results, save_eval_results
+    from ms_rcnn.analysis import load_eval_results
+    from ms_rcnn.evaluation import save_eval_results
 
     saved = read_json(os.path.join(runs["base", 1], "eval_results.json"))
     assert saved["results"]["segm"]["APm"] is None  # NaN stored as null: strict JSON
@@ -72,7 +73,7 @@ def test_load_eval_results_forms(runs, tmp_path):
 
 
 def test_table_means_stds_deltas(runs):
-    from ms_rcnn.evaluation import comparison_table, load_arms
+    from ms_rcnn.analysis import comparison_table, load_arms
 
     specs = [
         f"baseline={runs['base', 1]},{runs['base', 2]}",
@@ -109,7 +110,7 @@ def test_table_means_stds_deltas(runs):
 
 
 def test_cli_prints_table_and_writes_png(runs, tmp_path, capsys):
-    from ms_rcnn.evaluation.cli import main
+    from ms_rcnn.analysis.cli import main
 
     png = tmp_path / "charts" / "cmp.png"
     argv = ["--run", f"base={runs['base', 1]},{runs['base', 2]}"]
@@ -124,7 +125,7 @@ def test_cli_prints_table_and_writes_png(runs, tmp_path, capsys):
 
 
 def test_cli_positional_runs_are_labelled_by_folder(runs, tmp_path, capsys):
-    from ms_rcnn.evaluation.cli import main
+    from ms_rcnn.analysis.cli import main
 
     png = tmp_path / "cmp.png"
     assert main([runs["base", 1], runs["ms", 1], "--png", str(png)]) == 0
