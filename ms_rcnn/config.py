@@ -11,6 +11,7 @@ def add_ms_rcnn_config(cfg):
     """
     _add_maskiou_head_config(cfg)
     _add_soft_nms_config(cfg)
+    _add_evaluation_config(cfg)
     return cfg
 
 
@@ -72,6 +73,21 @@ def _add_soft_nms_config(cfg):
         "IOU_THRESHOLD": 0.3,
         # Boxes whose decayed score falls to or below this are dropped, in [0, 1).
         "SCORE_THRESHOLD": 0.001,
+    }
+    for key, value in defaults.items():
+        _set_default(node, key, value)
+
+
+def _add_evaluation_config(cfg):
+    _set_default(cfg.TEST, "BOUNDARY_EVAL", CN())
+    node = cfg.TEST.BOUNDARY_EVAL
+    defaults = {
+        # Report Boundary AP (task "boundary", masks ranked like segm) next to bbox and segm.
+        # Needs faster-coco-eval; it costs about as much again as the segm evaluation
+        # (docs/BENCHMARKS.md), so large sets may turn it off.
+        "ENABLED": True,
+        # Boundary width as a fraction of the image diagonal (Boundary IoU paper: 0.02).
+        "DILATION_RATIO": 0.02,
     }
     for key, value in defaults.items():
         _set_default(node, key, value)

@@ -27,6 +27,8 @@ def test_ablation_reproduces_the_evaluators(dataset, tmp_path):
         by_mask = evaluate_with_score_field(preds, gt, "mask_scores")
         same(by_mask, {k: v for k, v in ours["segm"].items() if "-" not in k})
         same(evaluate_with_score_field(preds, gt, "scores"), {k: ref["segm"][k] for k in by_mask})
+        by_mask = evaluate_with_score_field(preds, gt, "mask_scores", task="boundary")
+        same(by_mask, {k: v for k, v in ours["boundary"].items() if "-" not in k})
     baseline_preds = [{k: v for k, v in d.items() if k != "mask_score"} for d in preds]
     with pytest.raises(KeyError):
         evaluate_with_score_field(baseline_preds, gt, "mask_scores")
@@ -49,6 +51,17 @@ def test_ablate_cli(dataset, tmp_path, capsys):
     assert f"| scores | {by_score} | {by_score} |" in lines[4]
     assert lines[5].startswith("| mask_scores | 100.00 |")
     assert lines[5].endswith(f"| +{100 - float(by_score):.2f} |")
+    # Boundary AP: the rectangles on their GT are exact and the bad one misses under either
+    # criterion, so the same two rankings give the same two figures.
+    assert lines[8].startswith("| boundary ranked by | AP |")
+    assert f"| scores | {by_score} | {by_score} |" in lines[10]
+    assert lines[11].startswith("| mask_scores | 100.00 |")
     saved = json.loads(report.read_text())
-    assert list(saved) == ["scores", "mask_scores", "pred_maskiou"]
-    assert saved["mask_scores"]["AP"] == pytest.approx(100.0)
+    assert list(saved) == ["segm", "boundary"]
+    assert list(saved["segm"]) == ["scores", "mask_scores", "pred_maskiou"]
+    assert saved["segm"]["mask_scores"]["AP"] == pytest.approx(100.0)
+    assert saved["boundary"]["mask_scores"]["AP"] == pytest.approx(100.0)
+
+    argv += ["--tasks", "segm"]
+    assert main(argv) == 0
+    assert list(json.loads(report.read_text())) == ["segm"]

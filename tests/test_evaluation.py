@@ -187,7 +187,7 @@ def test_baseline_matches_stock_exactly(dataset, tmp_path):
     name, _ = dataset
     ours = run(ms(name, str(tmp_path / "ms")), ranking_dets(), with_ms=False)
     ref = run(stock(name, str(tmp_path / "stock")), ranking_dets(), with_ms=False)
-    assert set(ours) == {"bbox", "segm", "calibration"}
+    assert set(ours) == {"bbox", "segm", "boundary", "calibration"}
     same(ours["bbox"], ref["bbox"])
     same(ours["segm"], ref["segm"])
     name_json = "coco_instances_results.json"
@@ -196,7 +196,7 @@ def test_baseline_matches_stock_exactly(dataset, tmp_path):
         "pearson_scores",
         "spearman_scores",
     }
-    plain = run(ms(name, calibration=False), ranking_dets(), with_ms=False)
+    plain = run(ms(name, calibration=False, boundary=False), ranking_dets(), with_ms=False)
     assert list(plain) == list(ref)
 
 
@@ -204,7 +204,7 @@ def test_segm_only_task_and_results_file(dataset, tmp_path):
     name, _ = dataset
     out = str(tmp_path)
     res = run(ms(name, out, tasks=("segm",)), ranking_dets())
-    assert set(res) == {"segm", "calibration"}
+    assert set(res) == {"segm", "boundary", "calibration"}
     assert res["segm"]["AP"] == pytest.approx(100.0)
     saved = read_json(os.path.join(out, "coco_instances_results.json"))
     # The file keeps the classification score as "score" and the extra fields beside it.

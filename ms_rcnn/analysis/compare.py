@@ -33,6 +33,9 @@ __all__ = [
     "plot_comparison",
 ]
 
+#: Tasks a results dict may hold (the keys of Detectron2's metrics.json are task/metric).
+EVAL_TASKS = ("bbox", "segm", "boundary", "keypoints", "calibration")
+
 #: (row label, task, metric, decimals) of the comparison table, in order.
 AP_ROWS = (
     ("box AP", "bbox", "AP", 2),
@@ -42,6 +45,9 @@ AP_ROWS = (
     ("mask APs", "segm", "APs", 2),
     ("mask APm", "segm", "APm", 2),
     ("mask APl", "segm", "APl", 2),
+    ("Boundary AP", "boundary", "AP", 2),
+    ("Boundary AP50", "boundary", "AP50", 2),
+    ("Boundary AP75", "boundary", "AP75", 2),
 )
 CALIBRATION_ROWS = (
     ("matched detections", "calibration", "num_matched", 1),
@@ -94,7 +100,13 @@ def _from_metrics_json(lines: Sequence[str], path: str) -> Dict:
     for key, value in last.items():
         parts = key.split("/")
         # eval keys are task/metric or dataset/task/metric; skip training scalars
-        if len(parts) < 2 or parts[-2] not in ("bbox", "segm", "keypoints", "calibration"):
+        if len(parts) < 2 or parts[-2] not in (
+            "bbox",
+            "segm",
+            "boundary",
+            "keypoints",
+            "calibration",
+        ):
             continue
         node = nested
         for part in parts[:-1]:
@@ -245,13 +257,13 @@ def comparison_table(
 
 
 def per_run_table(arms: Sequence[Arm]) -> str:
-    """Markdown table of box AP and mask AP of every single run (to spot an outlier seed)."""
-    lines = ["| arm | run | box AP | mask AP |", "|---|---|---:|---:|"]
+    """Markdown table of box, mask and Boundary AP of every single run (to spot an outlier)."""
+    lines = ["| arm | run | box AP | mask AP | Boundary AP |", "|---|---|---:|---:|---:|"]
     for arm in arms:
         for path, run in zip(arm.paths, arm.runs):
-            box, mask = run.get("bbox", {}).get("AP"), run.get("segm", {}).get("AP")
-            cells = ["n/a" if v is None else f"{v:.2f}" for v in (box, mask)]
-            lines.append(f"| {arm.label} | {path} | {cells[0]} | {cells[1]} |")
+            values = [run.get(task, {}).get("AP") for task in ("bbox", "segm", "boundary")]
+            cells = ["n/a" if v is None else f"{v:.2f}" for v in values]
+            lines.append(f"| {arm.label} | {path} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
