@@ -83,7 +83,7 @@ def _add_evaluation_config(cfg):
     node = cfg.TEST.BOUNDARY_EVAL
     defaults = {
         # Report Boundary AP (task "boundary", masks ranked like segm) next to bbox and segm.
-        # Needs faster-coco-eval; it costs about as much again as the segm evaluation
+        # Needs faster-coco-eval; it takes about 2.6x the segm evaluation's time
         # (docs/BENCHMARKS.md), so large sets may turn it off.
         "ENABLED": True,
         # Boundary width as a fraction of the image diagonal (Boundary IoU paper: 0.02).
