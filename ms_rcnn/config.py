@@ -53,6 +53,16 @@ def _add_maskiou_head_config(cfg):
         # Train only the MaskIoU head: freeze every other parameter (start from a trained
         # Mask R-CNN checkpoint).
         "TRAIN_ONLY_MASKIOU": False,
+        # What the head learns to predict (ms_rcnn/quality_targets.py): "mask_iou" (the paper),
+        # "boundary_iou" (boundary IoU with the whole GT), or with both "min", "mean" or
+        # "product".
+        "TARGET": "mask_iou",
+        # Boundary band of the boundary IoU targets, in cells of the mask head's M x M grid.
+        "BOUNDARY_WIDTH": 1,
+        # Also train the head on up to this many of each image's sampled background RoIs, each
+        # scored as the class the box head predicts, towards its true quality (0 without a GT
+        # of that class); see docs/DESIGN.md. 0: positives only, as in the paper.
+        "NEGATIVE_ROIS_PER_IMAGE": 0,
     }
     for key, value in defaults.items():
         _set_default(node, key, value)

@@ -13,8 +13,10 @@ grid, with a boundary band of `width` cells:
 
 - B_P = prediction minus its erosion, the grid's outside counting as background (the predicted
   mask is empty outside the box);
-- B_G,in = GT crop minus its erosion, the outside of the grid ignored (the GT may go on beyond
-  the box, and its cut by the box edge is no contour);
+- B_G,in = the GT's band inside the box: the GT cropped on the box grown by `width` cells on
+  each side (the same cells, plus a margin, so a contour just outside the box still marks the
+  cells near it), minus its erosion with the margin's outside ignored (the GT may go on beyond,
+  and a cut is no contour), then the inner M x M cells;
 - r_b = fraction of the whole GT's contour that lies inside the box, measured at input-image
   resolution on the 1-pixel contour (GT minus its 3 x 3 erosion, the image's outside counting
   as background), with the exact fractional-box overlap of `mask_iou_targets`' area ratio;
@@ -23,9 +25,9 @@ grid, with a boundary band of `width` cells:
   GT contour in the box: the predicted boundary, inside the box, cannot meet it).
 
 Approximations, against a brute-force computation at image resolution with a band of
-`width * box side / M` pixels (tests/test_quality_targets.py states the tolerance): r_b
-treats the contour's share of the band as its share of the 1-pixel contour; near the box
-edge, a GT contour just outside the box is not seen by the ignored-outside erosion of the crop.
+`width * box side / M` pixels (tests/test_quality_targets.py states the tolerance): the GT is
+seen at M x M (the mask loss's crop), and r_b treats the contour's share of the band as its
+share of the 1-pixel contour.
 """
 
 from __future__ import annotations
@@ -35,7 +37,7 @@ from typing import List, Optional
 import numpy as np
 import torch
 import torch.nn.functional as F
-from detectron2.structures import BitMasks, Instances, PolygonMasks, polygons_to_bitmask
+from detectron2.structures import BitMasks, Boxes, Instances, PolygonMasks, polygons_to_bitmask
 
 from .maskiou_targets import _bitmask_area_ratio, _distinct_bitmasks, gt_mask_crops
 
@@ -73,9 +75,7 @@ def _gt_contour_ratio(inst: Instances) -> torch.Tensor:
             _, first = np.unique(inst.gt_index.cpu().numpy(), return_index=True)
         else:
             first = np.arange(len(gt_masks))
-        rendered = {
-            int(i): polygons_to_bitmask(gt_masks.polygons[i], height, width) for i in first
-        }
+        rendered = {int(i): polygons_to_bitmask(gt_masks.polygons[i], height, width) for i in first}
         keys = sorted(rendered)
         masks = torch.from_numpy(np.stack([rendered[k] for k in keys]))
         position = {k: j for j, k in enumerate(keys)}
@@ -91,11 +91,29 @@ def _gt_contour_ratio(inst: Instances) -> torch.Tensor:
     return _bitmask_area_ratio(contours, which.to(contours.device), boxes)
 
 
+def _gt_band_in_box(instances: List[Instances], mask_size: int, width: int) -> torch.Tensor:
+    """(R, M, M) bool: each proposal's GT band (outside ignored) on its box's M x M cells, from
+    a crop of the box grown by `width` cells so that contours just outside count."""
+    grown = []
+    for inst in instances:
+        if len(inst) == 0:
+            continue
+        b = inst.proposal_boxes.tensor
+        margin = (b[:, 2:] - b[:, :2]) * (width / mask_size)
+        view = Instances(inst.image_size, gt_masks=inst.gt_masks)
+        view.proposal_boxes = Boxes(torch.cat([b[:, :2] - margin, b[:, 2:] + margin], dim=1))
+        if inst.has("gt_index"):
+            view.gt_index = inst.gt_index
+        grown.append(view)
+    crops = torch.cat(gt_mask_crops(grown, mask_size + 2 * width))
+    band = mask_band(crops, width, outside_is_background=False)
+    return band[:, width:-width, width:-width]
+
+
 def boundary_iou_targets(
     pred: torch.Tensor,
     instances: List[Instances],
     width: int = 1,
-    gt_crops: Optional[torch.Tensor] = None,
 ) -> torch.Tensor:
     """Boundary IoU of each RoI's binarized predicted mask with its whole GT instance.
 
@@ -104,7 +122,6 @@ def boundary_iou_targets(
         instances: as for `mask_iou_targets` (`proposal_boxes`, `gt_masks`, optional
             `gt_index`), R proposals in total.
         width: boundary band in cells of the M x M grid.
-        gt_crops: optional (R, M, M) bool GT crops (`cat(gt_mask_crops(instances, M))`).
 
     Returns:
         (R,) float32 targets in [0, 1] on `pred.device`.
@@ -114,12 +131,9 @@ def boundary_iou_targets(
     if len(pred) == 0:
         return torch.zeros(0, dtype=torch.float32, device=pred.device)
     with torch.no_grad():
-        if gt_crops is None:
-            gt_crops = torch.cat(gt_mask_crops(instances, pred.shape[-1]))
-        crop = gt_crops.to(pred.device)
+        band_g = _gt_band_in_box(instances, pred.shape[-1], width).to(pred.device)
         ratio = torch.cat([_gt_contour_ratio(x) for x in instances if len(x)]).to(pred.device)
         band_p = mask_band(pred, width, outside_is_background=True)
-        band_g = mask_band(crop, width, outside_is_background=False)
         p = band_p.flatten(1).sum(1).float()
         g_in = band_g.flatten(1).sum(1).float()
         inter = (band_p & band_g).flatten(1).sum(1).float()
@@ -133,7 +147,9 @@ def combine_quality(mask_iou: torch.Tensor, boundary_iou: Optional[torch.Tensor]
     if mode == "mask_iou":
         return mask_iou
     if mode not in QUALITY_TARGETS:
-        raise ValueError(f"MODEL.ROI_MASKIOU_HEAD.TARGET must be one of {QUALITY_TARGETS}, got {mode!r}")
+        raise ValueError(
+            f"MODEL.ROI_MASKIOU_HEAD.TARGET must be one of {QUALITY_TARGETS}, got {mode!r}"
+        )
     if boundary_iou is None:
         raise ValueError(f"target {mode!r} needs the boundary IoU")
     if mode == "boundary_iou":
