@@ -230,19 +230,19 @@ def test_negative_targets_by_hand():
     assert expected == pytest.approx(256 / 1024)
 
 
-@pytest.mark.parametrize("target", ["mask_iou", "min"])
-def test_training_step_with_negatives(target):
+@pytest.mark.parametrize("target,fmt", [("mask_iou", "bitmask"), ("min", "polygon")])
+def test_training_step_with_negatives(target, fmt):
     from conftest import make_batch, tiny_cfg
     from detectron2.modeling import build_model
 
-    cfg = tiny_cfg("MaskScoringROIHeads", mask_format="bitmask")
+    cfg = tiny_cfg("MaskScoringROIHeads", mask_format=fmt)
     cfg.MODEL.ROI_MASKIOU_HEAD.NEGATIVE_ROIS_PER_IMAGE = 3
     cfg.MODEL.ROI_MASKIOU_HEAD.TARGET = target
     torch.manual_seed(0)
     model = build_model(cfg)
     model.train()
     with EventStorage() as storage:
-        losses = model(make_batch("bitmask"))
+        losses = model(make_batch(fmt))
         sum(losses.values()).backward()
         logged = storage.latest()
     assert math.isfinite(float(losses["loss_maskiou"]))

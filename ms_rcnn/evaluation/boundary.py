@@ -25,6 +25,7 @@ __all__ = [
     "BOUNDARY_METRICS",
     "boundary_eval_available",
     "evaluate_boundary",
+    "ranked_detections",
 ]
 
 logger = logging.getLogger(__name__)
