@@ -11,6 +11,7 @@ def add_ms_rcnn_config(cfg):
     """
     _add_maskiou_head_config(cfg)
     _add_soft_nms_config(cfg)
+    _add_evaluation_config(cfg)
     return cfg
 
 
@@ -53,6 +54,16 @@ def _add_maskiou_head_config(cfg):
         # Train only the MaskIoU head: freeze every other parameter (start from a trained
         # Mask R-CNN checkpoint).
         "TRAIN_ONLY_MASKIOU": False,
+        # What the head learns to predict (ms_rcnn/quality_targets.py): "mask_iou" (the paper),
+        # "boundary_iou" (boundary IoU with the whole GT), or with both "min", "mean" or
+        # "product".
+        "TARGET": "mask_iou",
+        # Boundary band of the boundary IoU targets, in cells of the mask head's M x M grid.
+        "BOUNDARY_WIDTH": 1,
+        # Also train the head on up to this many of each image's sampled background RoIs, each
+        # scored as the class the box head predicts, towards its true quality (0 without a GT
+        # of that class); see docs/DESIGN.md. 0: positives only, as in the paper.
+        "NEGATIVE_ROIS_PER_IMAGE": 0,
     }
     for key, value in defaults.items():
         _set_default(node, key, value)
@@ -77,6 +88,21 @@ def _add_soft_nms_config(cfg):
         "IOU_THRESHOLD": 0.3,
         # Boxes whose decayed score falls to or below this are dropped, in [0, 1).
         "SCORE_THRESHOLD": 0.001,
+    }
+    for key, value in defaults.items():
+        _set_default(node, key, value)
+
+
+def _add_evaluation_config(cfg):
+    _set_default(cfg.TEST, "BOUNDARY_EVAL", CN())
+    node = cfg.TEST.BOUNDARY_EVAL
+    defaults = {
+        # Report Boundary AP (task "boundary", masks ranked like segm) next to bbox and segm.
+        # Needs faster-coco-eval; it takes about 2.6x the segm evaluation's time
+        # (docs/BENCHMARKS.md), so large sets may turn it off.
+        "ENABLED": True,
+        # Boundary width as a fraction of the image diagonal (Boundary IoU paper: 0.02).
+        "DILATION_RATIO": 0.02,
     }
     for key, value in defaults.items():
         _set_default(node, key, value)

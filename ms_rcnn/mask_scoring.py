@@ -40,6 +40,8 @@ from .maskiou_head import (
     select_class_column,
 )
 from .maskiou_targets import gt_mask_crops, mask_iou_targets
+from .negative_rois import predicted_foreground_classes, sample_negative_proposals
+from .quality_targets import QUALITY_TARGETS, boundary_iou_targets, combine_quality
 
 __all__ = ["MaskScoringMixin"]
 
@@ -80,6 +82,9 @@ class MaskScoringMixin:
         detach_features: bool = False,
         clamp_maskiou: bool = True,
         overwrite_scores: bool = False,
+        quality_target: str = "mask_iou",
+        boundary_width: int = 1,
+        negative_rois_per_image: int = 0,
         **kwargs,
     ):
         """
@@ -91,6 +96,12 @@ class MaskScoringMixin:
             detach_features: stop the MaskIoU loss's gradient at the RoI features.
             clamp_maskiou: clamp predicted IoUs to [0, 1] at inference.
             overwrite_scores: at inference, also set `scores` to `mask_scores`.
+            quality_target: what the head learns, one of `QUALITY_TARGETS` (see
+                `ms_rcnn.quality_targets`); "mask_iou" is the paper's.
+            boundary_width: boundary band, in mask-grid cells, of the boundary IoU targets.
+            negative_rois_per_image: also train the head on up to this many of each image's
+                sampled background RoIs, with their true quality as target (see
+                `ms_rcnn.negative_rois`); 0 is the paper's positives-only training.
             kwargs: arguments of the ROI heads class mixed with; a mask head and pooler are
                 required.
         """
@@ -122,6 +133,20 @@ class MaskScoringMixin:
         self.detach_features = detach_features
         self.clamp_maskiou = clamp_maskiou
         self.overwrite_scores = overwrite_scores
+        if quality_target not in QUALITY_TARGETS:
+            raise ValueError(
+                f"MODEL.ROI_MASKIOU_HEAD.TARGET must be one of {QUALITY_TARGETS}, "
+                f"got {quality_target!r}"
+            )
+        if boundary_width < 1 or negative_rois_per_image < 0:
+            raise ValueError(
+                "MODEL.ROI_MASKIOU_HEAD.BOUNDARY_WIDTH must be >= 1 and "
+                f"NEGATIVE_ROIS_PER_IMAGE >= 0, got {boundary_width} and "
+                f"{negative_rois_per_image}"
+            )
+        self.quality_target = quality_target
+        self.boundary_width = boundary_width
+        self.negative_rois_per_image = negative_rois_per_image
 
     @classmethod
     def from_config(cls, cfg, input_shape):
@@ -157,6 +182,9 @@ class MaskScoringMixin:
             "detach_features": head.DETACH_FEATURES,
             "clamp_maskiou": head.CLAMP_PREDICTION,
             "overwrite_scores": head.OVERWRITE_SCORES,
+            "quality_target": head.TARGET,
+            "boundary_width": head.BOUNDARY_WIDTH,
+            "negative_rois_per_image": head.NEGATIVE_ROIS_PER_IMAGE,
         }
 
     @torch.no_grad()
@@ -173,6 +201,10 @@ class MaskScoringMixin:
                 )
             t = Instances(t.image_size, **t.get_fields())  # the caller's targets stay untouched
             t.gt_index = torch.arange(len(t), device=t.gt_classes.device)
+            if self.negative_rois_per_image > 0:
+                # Background proposals get gt_classes = num_classes; this keeps their matched
+                # GT's class, which their quality target needs.
+                t.gt_instance_classes = t.gt_classes
             tagged.append(t)
         return super().label_and_sample_proposals(proposals, tagged)
 
@@ -185,6 +217,11 @@ class MaskScoringMixin:
         if not self.mask_on:  # test-time augmentation turns the mask branch off for a while
             return {} if self.training else instances
         if self.training:
+            negatives = None
+            if self.negative_rois_per_image > 0:
+                negatives = sample_negative_proposals(
+                    instances, self.num_classes, self.negative_rois_per_image
+                )
             instances, _ = select_foreground_proposals(instances, self.num_classes)
             boxes = [x.proposal_boxes for x in instances]
         else:
@@ -192,7 +229,7 @@ class MaskScoringMixin:
         roi_features = self.mask_pooler([features[f] for f in self.mask_in_features], boxes)
         mask_logits = self.mask_head.layers(roi_features)
         if self.training:
-            return self._maskiou_losses(roi_features, mask_logits, instances)
+            return self._maskiou_losses(features, roi_features, mask_logits, instances, negatives)
 
         mask_rcnn_inference(mask_logits, instances)  # sets pred_masks: (N, 1, M, M) probabilities
         mask_probs = cat([x.pred_masks for x in instances])
@@ -200,7 +237,7 @@ class MaskScoringMixin:
         mask_iou_inference(pred_maskiou, instances, self.clamp_maskiou, self.overwrite_scores)
         return instances
 
-    def _maskiou_losses(self, roi_features, mask_logits, instances):
+    def _maskiou_losses(self, features, roi_features, mask_logits, instances, negatives=None):
         # The GT crops are the mask loss's targets and the MaskIoU targets' G_in: crop once.
         crops = gt_mask_crops(instances, mask_logits.shape[-1])
         loss_mask = mask_rcnn_loss(
@@ -208,9 +245,10 @@ class MaskScoringMixin:
         )
         losses = {"loss_mask": loss_mask * self.mask_head.loss_weight}
         gt_classes = cat([x.gt_classes for x in instances]).to(torch.int64)
-        targets = mask_iou_targets(
+        mask_iou = mask_iou_targets(
             mask_logits, instances, self.mask_logit_threshold, gt_crops=cat(crops)
         )
+        targets = self._quality(mask_logits, instances, gt_classes, mask_iou)
 
         # The mask of the ground-truth class (channel 0 if masks are class-agnostic); the IoU
         # column is the ground-truth class either way, as at inference (predicted class).
@@ -222,10 +260,72 @@ class MaskScoringMixin:
         if self.detach_features:
             roi_features = roi_features.detach()
         pred_maskiou = self.maskiou_head(roi_features, mask_probs)
-        loss = mask_iou_loss(pred_maskiou, gt_classes, targets)
-        losses["loss_maskiou"] = loss * self.maskiou_loss_weight
         self._log_maskiou_metrics(pred_maskiou.detach(), gt_classes, targets)
+        # The paper's rule: positives count only where the mask overlaps its GT at all.
+        terms = (pred_maskiou, gt_classes, targets, mask_iou > 0)
+        if negatives is not None:
+            terms = [
+                torch.cat(pair) for pair in zip(terms, self._negative_terms(features, negatives))
+            ]
+        losses["loss_maskiou"] = mask_iou_loss(*terms) * self.maskiou_loss_weight
         return losses
+
+    def _quality(self, mask_logits, instances, classes, mask_iou):
+        """The head's target for RoIs whose mask is channel `classes` (see `quality_target`)."""
+        if self.quality_target == "mask_iou":
+            return mask_iou
+        channel = classes if mask_logits.shape[1] > 1 else torch.zeros_like(classes)
+        index = torch.arange(mask_logits.shape[0], device=mask_logits.device)
+        pred = mask_logits[index, channel].detach() > self.mask_logit_threshold
+        boundary = boundary_iou_targets(pred, instances, self.boundary_width)
+        return combine_quality(mask_iou, boundary, self.quality_target)
+
+    def _negative_terms(self, features, negatives):
+        """(predictions, classes, targets, counted) of the sampled background RoIs, which join
+        the positives in `loss_maskiou`'s mean.
+
+        Each background RoI is scored as the detection it would become: the mask and IoU column
+        of the class the box head predicts for it; its target is that mask's quality against
+        the GT it overlaps most (by box IoU, as Detectron2 matched it) when that GT has this
+        class, else 0 (COCO matches detections only to GT of their class). All of them count
+        in the loss, zeros included: learning 0 there is the point.
+        """
+        boxes = [x.proposal_boxes for x in negatives]
+        classes = predicted_foreground_classes(self, features, boxes)
+        roi_features = self.mask_pooler([features[f] for f in self.mask_in_features], boxes)
+        with torch.set_grad_enabled(not self.detach_mask):
+            mask_logits = self.mask_head.layers(roi_features)
+        targets = self._negative_targets(mask_logits, negatives, classes)
+        channel = classes if mask_logits.shape[1] > 1 else torch.zeros_like(classes)
+        index = torch.arange(mask_logits.shape[0], device=mask_logits.device)
+        mask_probs = mask_logits[index, channel].unsqueeze(1).sigmoid()
+        if self.detach_mask:
+            mask_probs = mask_probs.detach()
+        if self.detach_features:
+            roi_features = roi_features.detach()
+        pred = self.maskiou_head(roi_features, mask_probs)
+        get_event_storage().put_scalar("maskiou/num_neg", float(len(targets)))
+        if len(targets):
+            get_event_storage().put_scalar("maskiou/mean_target_neg", float(targets.mean()))
+        return pred, classes, targets, torch.ones_like(targets, dtype=torch.bool)
+
+    def _negative_targets(self, mask_logits, negatives, classes):
+        """Quality of each background RoI's predicted-class mask against its matched GT."""
+        targets = torch.zeros(len(classes), device=mask_logits.device)
+        start = 0
+        for inst in negatives:
+            end = start + len(inst)
+            if len(inst) and inst.has("gt_masks"):  # images without GT keep 0
+                view = Instances(inst.image_size, proposal_boxes=inst.proposal_boxes)
+                view.gt_masks, view.gt_index = inst.gt_masks, inst.gt_index
+                view.gt_classes = classes[start:end]
+                logits = mask_logits[start:end].detach()
+                mask_iou = mask_iou_targets(logits, [view], self.mask_logit_threshold)
+                quality = self._quality(logits, [view], classes[start:end], mask_iou)
+                same = inst.gt_instance_classes.to(classes.device) == classes[start:end]
+                targets[start:end] = torch.where(same, quality, torch.zeros_like(quality))
+            start = end
+        return targets
 
     @staticmethod
     def _log_maskiou_metrics(pred_maskiou, gt_classes, targets):

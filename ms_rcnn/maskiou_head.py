@@ -6,7 +6,7 @@ mask convs) concatenated with the predicted mask (M x M probabilities, M = 2S) m
 S x S.
 """
 
-from typing import List
+from typing import List, Optional
 
 import torch
 from detectron2.config import configurable
@@ -222,19 +222,25 @@ def select_class_column(values: torch.Tensor, classes: torch.Tensor) -> torch.Te
 
 
 def mask_iou_loss(
-    pred_maskiou: torch.Tensor, gt_classes: torch.Tensor, targets: torch.Tensor
+    pred_maskiou: torch.Tensor,
+    gt_classes: torch.Tensor,
+    targets: torch.Tensor,
+    counted: Optional[torch.Tensor] = None,
 ) -> torch.Tensor:
     """L2 loss between predicted and target mask IoUs, as the official implementation.
 
-    loss = 0.5 * mean over RoIs with target > 0 of (prediction[gt class] - target)^2.
-    RoIs with target 0 (no overlap, or an empty predicted mask) are left out of the sum and of
-    the mean. With no such RoI the loss is 0, still connected to `pred_maskiou` so every rank
-    of a distributed run back-propagates through the head.
+    loss = 0.5 * mean over counted RoIs of (prediction[gt class] - target)^2. By default the
+    counted RoIs are those with target > 0: RoIs with target 0 (no overlap, or an empty
+    predicted mask) are left out of the sum and of the mean. With no counted RoI the loss is
+    0, still connected to `pred_maskiou` so every rank of a distributed run back-propagates
+    through the head.
 
     Args:
         pred_maskiou: (R, K) predicted IoUs.
         gt_classes: (R,) class of each RoI's ground truth, in [0, K).
         targets: (R,) target IoUs in [0, 1] (no gradient).
+        counted: optional (R,) bool, the RoIs that enter the loss (default: targets > 0);
+            background RoIs trained towards 0 need it.
 
     Returns:
         A scalar tensor.
@@ -244,7 +250,9 @@ def mask_iou_loss(
             f"mask_iou_loss: {pred_maskiou.shape[0]} predictions, {gt_classes.shape[0]} classes "
             f"and {targets.shape[0]} targets"
         )
-    positive = targets > 0
+    positive = targets > 0 if counted is None else counted.to(torch.bool)
+    if positive.shape != targets.shape:
+        raise ValueError(f"mask_iou_loss: {positive.shape[0]} flags for {targets.shape[0]} targets")
     if not bool(positive.any()):
         return pred_maskiou.sum() * 0.0
     pred = select_class_column(pred_maskiou[positive], gt_classes[positive])

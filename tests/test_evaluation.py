@@ -187,7 +187,7 @@ def test_baseline_matches_stock_exactly(dataset, tmp_path):
     name, _ = dataset
     ours = run(ms(name, str(tmp_path / "ms")), ranking_dets(), with_ms=False)
     ref = run(stock(name, str(tmp_path / "stock")), ranking_dets(), with_ms=False)
-    assert set(ours) == {"bbox", "segm", "calibration"}
+    assert set(ours) == {"bbox", "segm", "boundary", "calibration"}
     same(ours["bbox"], ref["bbox"])
     same(ours["segm"], ref["segm"])
     name_json = "coco_instances_results.json"
@@ -196,7 +196,7 @@ def test_baseline_matches_stock_exactly(dataset, tmp_path):
         "pearson_scores",
         "spearman_scores",
     }
-    plain = run(ms(name, calibration=False), ranking_dets(), with_ms=False)
+    plain = run(ms(name, calibration=False, boundary=False), ranking_dets(), with_ms=False)
     assert list(plain) == list(ref)
 
 
@@ -204,7 +204,7 @@ def test_segm_only_task_and_results_file(dataset, tmp_path):
     name, _ = dataset
     out = str(tmp_path)
     res = run(ms(name, out, tasks=("segm",)), ranking_dets())
-    assert set(res) == {"segm", "calibration"}
+    assert set(res) == {"segm", "boundary", "calibration"}
     assert res["segm"]["AP"] == pytest.approx(100.0)
     saved = read_json(os.path.join(out, "coco_instances_results.json"))
     # The file keeps the classification score as "score" and the extra fields beside it.
@@ -217,8 +217,8 @@ def test_calibration_against_brute_force(dataset, tmp_path):
     from detectron2.evaluation import print_csv_format
     from detectron2.evaluation.testing import flatten_results_dict
 
+    from ms_rcnn.analysis.ablation import load_coco_gt
     from ms_rcnn.evaluation import collect_calibration_data
-    from ms_rcnn.evaluation.ablation import load_coco_gt
 
     name, gt_json = dataset
     dets = calibration_dets()
@@ -487,47 +487,6 @@ def test_ap_at_cocos_standard_max_dets(one_object_dataset, max_dets):
     for task in ("bbox", "segm"):
         assert results[task]["AP"] == pytest.approx(expected, abs=1e-9), task
         assert results[task]["AP50"] == pytest.approx(expected, abs=1e-9), task
-
-
-def test_ablation_reproduces_the_evaluators(dataset, tmp_path):
-    from ms_rcnn.evaluation import evaluate_with_score_field, load_predictions
-    from ms_rcnn.evaluation.ablation import load_coco_gt
-
-    name, gt_json = dataset
-    out = str(tmp_path)
-    ours = run(ms(name, out), ranking_dets())
-    ref = run(stock(name), ranking_dets())
-    gt = load_coco_gt(gt_json)
-    for path in ("coco_instances_results.json", "instances_predictions.pth"):
-        preds = load_predictions(os.path.join(out, path), coco_gt=gt)
-        by_mask = evaluate_with_score_field(preds, gt, "mask_scores")
-        same(by_mask, {k: v for k, v in ours["segm"].items() if "-" not in k})
-        same(evaluate_with_score_field(preds, gt, "scores"), {k: ref["segm"][k] for k in by_mask})
-    baseline_preds = [{k: v for k, v in d.items() if k != "mask_score"} for d in preds]
-    with pytest.raises(KeyError):
-        evaluate_with_score_field(baseline_preds, gt, "mask_scores")
-    assert all(math.isnan(v) for v in evaluate_with_score_field([], gt, "scores").values())
-
-
-def test_ablate_cli(dataset, tmp_path, capsys):
-    from ms_rcnn.evaluation.cli import main
-
-    name, gt_json = dataset
-    out = tmp_path / "run"
-    run(ms(name, str(out)), ranking_dets())
-    report = tmp_path / "ablation.json"
-    argv = ["ablate", "--predictions", str(out), "--gt-json", gt_json, "--output", str(report)]
-    capsys.readouterr()  # drop the evaluator's COCOeval prints
-    assert main(argv) == 0
-    lines = capsys.readouterr().out.splitlines()
-    # AP by class score: class A (96/101) and class B (1) averaged, as in the first test.
-    by_score = f"{100 * (96 / 101 + 1) / 2:.2f}"
-    assert f"| scores | {by_score} | {by_score} |" in lines[4]
-    assert lines[5].startswith("| mask_scores | 100.00 |")
-    assert lines[5].endswith(f"| +{100 - float(by_score):.2f} |")
-    saved = json.loads(report.read_text())
-    assert list(saved) == ["scores", "mask_scores", "pred_maskiou"]
-    assert saved["mask_scores"]["AP"] == pytest.approx(100.0)
 
 
 def test_average_ranks_ties_and_degenerate_correlations():

@@ -29,6 +29,10 @@ ARMS = {
     # MS R-CNN from the same seed's trained baseline (mask_rcnn_s<seed>/model_final.pth),
     # training only the MaskIoU head: the "add mask scoring to an existing model" workflow.
     "ms_rcnn_head_only": "configs/demo/ms_rcnn_R_18_demo_maskiou_only.yaml",
+    # Options that are off by default (issue 15): the MaskIoU head also trained on background
+    # RoIs, and a boundary-aware quality target.
+    "ms_rcnn_negatives": "configs/demo/ms_rcnn_R_18_demo_negatives.yaml",
+    "ms_rcnn_boundary_target": "configs/demo/ms_rcnn_R_18_demo_boundary_target.yaml",
 }
 CALIBRATION_PLOT = "maskiou_calibration.png"
 ETA_LINE = re.compile(r"eta: (\S+)\s+iter: (\d+)\s+total_loss: ([\d.]+)")
@@ -209,7 +213,7 @@ def main():
         minutes = (time.time() - run_start) / 60
         print(f"[{k + 1}/{len(runs)}] {arm} seed {seed} done in {minutes:.1f} min", flush=True)
 
-    from ms_rcnn.evaluation.compare import comparison_table, load_arms, plot_comparison
+    from ms_rcnn.analysis.compare import comparison_table, load_arms, plot_comparison
 
     specs = [
         f"{arm}=" + ",".join(os.path.join(args.output_dir, f"{arm}_s{s}") for s in args.seeds)

@@ -1,5 +1,5 @@
-"""Evaluation for Mask Scoring R-CNN: COCO AP with masks ranked by their predicted quality,
-the mask-quality calibration report, and tools to compare runs.
+"""Evaluation for Mask Scoring R-CNN: COCO AP with masks ranked by their predicted quality, and
+the mask-quality calibration report. Comparing runs is `ms_rcnn.analysis`'s job.
 
 Typical use in a trainer::
 
@@ -10,7 +10,6 @@ Typical use in a trainer::
     save_eval_results(results, cfg.OUTPUT_DIR)
 """
 
-from .ablation import evaluate_with_score_field, load_predictions, score_field_ablation
 from .calibration import (
     CalibrationData,
     collect_calibration_data,
@@ -25,19 +24,13 @@ from .coco_evaluation import (
     build_ms_rcnn_evaluator,
     compiled_coco_eval_available,
 )
-from .compare import comparison_table, load_arms, load_eval_results, save_eval_results
+from .results_file import save_eval_results
 
 __all__ = [
     "MaskScoringCOCOEvaluator",
     "build_ms_rcnn_evaluator",
     "compiled_coco_eval_available",
     "save_eval_results",
-    "load_eval_results",
-    "load_arms",
-    "comparison_table",
-    "evaluate_with_score_field",
-    "score_field_ablation",
-    "load_predictions",
     "CalibrationData",
     "collect_calibration_data",
     "summarize_calibration",

@@ -8,6 +8,8 @@
 - when Detectron2 was built without compiled ops, it evaluates with faster-coco-eval if that is
   installed, else with pycocotools' COCOeval, instead of failing on `COCOeval_opt` (same
   numbers either way; see `cocoeval_backend.py`);
+- it adds a `boundary` task, Boundary AP ranked like segm (see `boundary.py`), when `segm` is
+  evaluated and faster-coco-eval is installed;
 - it adds a mask-quality calibration report (see `calibration.py`) under
   `results["calibration"]`, in `<output_dir>/calibration.json` and as a scatter plot in
   `<output_dir>/maskiou_calibration.png`.
@@ -21,6 +23,7 @@ import os
 from detectron2.evaluation import COCOEvaluator
 from detectron2.utils.logger import create_small_table
 
+from .boundary import BOUNDARY_TASK, boundary_eval_available, evaluate_boundary, ranked_detections
 from .calibration import (
     CALIBRATION_PNG,
     JSON_SCORE_KEYS,
@@ -76,6 +79,8 @@ class MaskScoringCOCOEvaluator(COCOEvaluator):
         *,
         segm_score_field="mask_scores",
         calibration=True,
+        boundary=True,
+        boundary_dilation_ratio=0.02,
         use_fast_impl=True,
         **kwargs,
     ):
@@ -86,6 +91,9 @@ class MaskScoringCOCOEvaluator(COCOEvaluator):
                 (MS R-CNN), "scores" (the stock ranking: the same-weights ablation) or
                 "pred_maskiou". Detections without it fall back to "scores".
             calibration (bool): compute the mask-quality calibration report.
+            boundary (bool): also report Boundary AP (task "boundary") when segm is evaluated;
+                needs faster-coco-eval (skipped with a warning without it).
+            boundary_dilation_ratio (float): boundary width as a fraction of the image diagonal.
             use_fast_impl (bool): as for `COCOEvaluator`: True picks the fastest COCOeval there
                 is (Detectron2's compiled one, else faster-coco-eval, else pycocotools'); False
                 always runs pycocotools' official COCOeval.
@@ -126,6 +134,14 @@ class MaskScoringCOCOEvaluator(COCOEvaluator):
             self._use_fast_impl = True
         self._segm_score_key = JSON_SCORE_KEYS[segm_score_field]
         self._calibration = calibration
+        self._boundary = boundary
+        self._boundary_dilation_ratio = boundary_dilation_ratio
+        if boundary and not boundary_eval_available():
+            logger.warning(
+                "Boundary AP is skipped: it needs faster-coco-eval (`pip install "
+                "faster-coco-eval`); set TEST.BOUNDARY_EVAL.ENABLED False to silence this."
+            )
+            self._boundary = False
 
     def process(self, inputs, outputs):
         start = len(self._predictions)
@@ -198,6 +214,9 @@ class MaskScoringCOCOEvaluator(COCOEvaluator):
             with self._attributes(_tasks=("segm",), _output_dir=None):
                 super()._eval_predictions(segm_predictions, img_ids=img_ids)
 
+        if self._boundary and self._do_evaluation and "segm" in tasks:
+            self._eval_boundary(calibration_dets, img_ids)
+
         # Zero detections infer no segm task, but a calibration entry (with zero counts) still
         # tells the reader that nothing was matched rather than that nothing was measured.
         if self._calibration and self._do_evaluation and ("segm" in tasks or not coco_results):
@@ -209,6 +228,21 @@ class MaskScoringCOCOEvaluator(COCOEvaluator):
             return [dict(d) for d in coco_results]
         reverse = {v: k for k, v in mapping.items()}
         return [{**d, "category_id": reverse[d["category_id"]]} for d in coco_results]
+
+    def _eval_boundary(self, detections, img_ids=None):
+        """Fill `self._results["boundary"]`: Boundary AP with masks ranked like segm."""
+        results = evaluate_boundary(
+            self._coco_api.dataset,
+            ranked_detections(detections, self._segm_score_key),
+            img_ids=img_ids,
+            max_dets_per_image=self._max_dets_per_image,
+            dilation_ratio=self._boundary_dilation_ratio,
+        )
+        self._logger.info(
+            f"Evaluation results for boundary (ranked by '{self._segm_score_key}'):\n"
+            + create_small_table({k: v for k, v in results.items() if "-" not in k})
+        )
+        self._results[BOUNDARY_TASK] = results
 
     def _eval_calibration(self, detections, img_ids=None):
         """Fill `self._results["calibration"]` and write the JSON and PNG reports."""
@@ -272,6 +306,7 @@ def build_ms_rcnn_evaluator(
             f"Evaluating at maxDets {max_dets_per_image}, not COCO's standard 100: these AP "
             "figures are not comparable with published COCO AP."
         )
+    boundary = cfg.TEST.get("BOUNDARY_EVAL", None)
     return MaskScoringCOCOEvaluator(
         dataset_name,
         tasks=tasks,
@@ -279,5 +314,7 @@ def build_ms_rcnn_evaluator(
         output_dir=output_dir,
         segm_score_field=segm_score_field,
         max_dets_per_image=max_dets_per_image,
+        boundary=bool(cfg.MODEL.MASK_ON and (boundary is None or boundary.ENABLED)),
+        boundary_dilation_ratio=0.02 if boundary is None else boundary.DILATION_RATIO,
         kpt_oks_sigmas=list(cfg.TEST.KEYPOINT_OKS_SIGMAS),
     )

@@ -1,4 +1,4 @@
-"""Same-weights ablation: segm AP of saved predictions re-ranked by a chosen score field.
+"""Same-weights ablation: segm (and Boundary) AP of saved predictions re-ranked by a score field.
 
 One MS R-CNN checkpoint, evaluated once by `MaskScoringCOCOEvaluator`, leaves every score of
 every detection in its output files. Re-ranking the masks by `scores` (plain Mask R-CNN's
@@ -16,10 +16,12 @@ from typing import Dict, List, Optional, Sequence
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
-from .calibration import JSON_SCORE_KEYS, SCORE_FIELDS
+from ..evaluation.boundary import BOUNDARY_TASK, evaluate_boundary
+from ..evaluation.calibration import JSON_SCORE_KEYS, SCORE_FIELDS
 
 __all__ = [
     "SEGM_METRICS",
+    "ABLATION_TASKS",
     "load_coco_gt",
     "load_predictions",
     "available_score_fields",
@@ -29,6 +31,9 @@ __all__ = [
 ]
 
 SEGM_METRICS = ("AP", "AP50", "AP75", "APs", "APm", "APl")
+
+#: Tasks whose masks the score field ranks: mask AP and Boundary AP.
+ABLATION_TASKS = ("segm", BOUNDARY_TASK)
 
 PREDICTION_FILES = ("coco_instances_results.json", "instances_predictions.pth")
 
@@ -103,8 +108,9 @@ def evaluate_with_score_field(
     *,
     img_ids: Optional[Sequence[int]] = None,
     max_dets_per_image: int = 100,
+    task: str = "segm",
 ) -> Dict[str, float]:
-    """Segm AP with masks ranked by `field`, computed like Detectron2's COCOEvaluator.
+    """Segm (or Boundary) AP with masks ranked by `field`, computed like the evaluator does.
 
     As Detectron2 does, "bbox" is dropped so that the small/medium/large split uses mask
     areas, and a maxDets other than 100 uses Detectron2's `COCOevalMaxDets`.
@@ -116,11 +122,15 @@ def evaluate_with_score_field(
         field: "scores", "mask_scores" or "pred_maskiou" (or the detection key).
         img_ids: evaluate on these images only.
         max_dets_per_image: COCOeval's largest maxDets.
+        task: "segm", or "boundary" for Boundary AP (needs faster-coco-eval; see
+            `ms_rcnn.evaluation.boundary`).
 
     Returns:
         {"AP", "AP50", "AP75", "APs", "APm", "APl"} in percent; NaN where COCOeval cannot
         compute a value (no detections, or no ground truth of that size).
     """
+    if task not in ABLATION_TASKS:
+        raise ValueError(f"task must be one of {ABLATION_TASKS}, got {task!r}")
     key = _json_key(field)
     missing = sum(key not in d for d in predictions)
     if missing:
@@ -132,6 +142,11 @@ def evaluate_with_score_field(
         det = {k: v for k, v in d.items() if k != "bbox"}
         det["score"] = float(d[key])
         dets.append(det)
+    if task == BOUNDARY_TASK:
+        res = evaluate_boundary(
+            coco_gt.dataset, dets, img_ids=img_ids, max_dets_per_image=[1, 10, max_dets_per_image]
+        )
+        return {m: res[m] for m in SEGM_METRICS}
 
     with contextlib.redirect_stdout(io.StringIO()):
         coco_dt = coco_gt.loadRes(dets)
@@ -163,7 +178,7 @@ def score_field_ablation(
     """`evaluate_with_score_field` for several fields (default: every field available).
 
     Returns:
-        field -> segm metrics, in the order of `fields`.
+        field -> metrics of the task (`task=`, segm by default), in the order of `fields`.
     """
     fields = list(fields) if fields else available_score_fields(predictions)
     return {f: evaluate_with_score_field(predictions, coco_gt, f, **kwargs) for f in fields}
@@ -173,9 +188,11 @@ def _cell(value: float) -> str:
     return "n/a" if value is None or math.isnan(value) else f"{value:.2f}"
 
 
-def ablation_table(results: Dict[str, Dict[str, float]], reference: str = "scores") -> str:
+def ablation_table(
+    results: Dict[str, Dict[str, float]], reference: str = "scores", task: str = "segm"
+) -> str:
     """Markdown table of `score_field_ablation` results, with the AP change vs `reference`."""
-    header = ["segm ranked by", *SEGM_METRICS]
+    header = [f"{task} ranked by", *SEGM_METRICS]
     has_ref = reference in results
     if has_ref:
         header.append(f"ΔAP vs {reference}")

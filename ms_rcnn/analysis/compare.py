@@ -2,7 +2,7 @@
 
 A *run* is one evaluation's results dict, read from:
 
-- `eval_results.json`, written by `save_eval_results(results, output_dir)` after evaluation;
+- `eval_results.json`, written by `ms_rcnn.evaluation.save_eval_results` after evaluation;
 - Detectron2's `metrics.json` (JSON lines from training; its last record with eval metrics);
 - a run's output folder holding either (eval_results.json preferred).
 
@@ -19,10 +19,11 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
+from ..evaluation.results_file import EVAL_RESULTS_FILE, FORMAT_TAG, json_safe
+
 __all__ = [
     "EVAL_RESULTS_FILE",
     "Arm",
-    "save_eval_results",
     "load_eval_results",
     "parse_run_spec",
     "load_arms",
@@ -32,8 +33,8 @@ __all__ = [
     "plot_comparison",
 ]
 
-EVAL_RESULTS_FILE = "eval_results.json"
-FORMAT_TAG = "ms_rcnn.eval_results"
+#: Tasks a results dict may hold (the keys of Detectron2's metrics.json are task/metric).
+EVAL_TASKS = ("bbox", "segm", "boundary", "keypoints", "calibration")
 
 #: (row label, task, metric, decimals) of the comparison table, in order.
 AP_ROWS = (
@@ -44,6 +45,9 @@ AP_ROWS = (
     ("mask APs", "segm", "APs", 2),
     ("mask APm", "segm", "APm", 2),
     ("mask APl", "segm", "APl", 2),
+    ("Boundary AP", "boundary", "AP", 2),
+    ("Boundary AP50", "boundary", "AP50", 2),
+    ("Boundary AP75", "boundary", "AP75", 2),
 )
 CALIBRATION_ROWS = (
     ("matched detections", "calibration", "num_matched", 1),
@@ -58,46 +62,6 @@ CALIBRATION_ROWS = (
     ("MAE(pred_maskiou) all", "calibration", "mae_pred_maskiou_all", 3),
 )
 ROWS = AP_ROWS + CALIBRATION_ROWS
-
-
-def _json_safe(value):
-    """Nested dicts of plain floats; NaN/inf become None so the file is strict JSON."""
-    if isinstance(value, Mapping):
-        return {str(k): _json_safe(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_json_safe(v) for v in value]
-    if isinstance(value, (bool, str)) or value is None:
-        return value
-    value = float(value)
-    return value if math.isfinite(value) else None
-
-
-def save_eval_results(
-    results: Mapping, output_dir: str, filename: str = EVAL_RESULTS_FILE
-) -> Optional[str]:
-    """Write an evaluation's results dict to `<output_dir>/eval_results.json`.
-
-    Call it with what `DefaultTrainer.test` (or `inference_on_dataset`) returned. Only the main
-    process writes, since other ranks receive empty results.
-
-    Args:
-        results: task -> metric -> value, or dataset name -> task -> metric -> value.
-        output_dir: the run's output folder (created if needed).
-        filename: file name inside `output_dir`.
-
-    Returns:
-        The path written, or None on non-main processes.
-    """
-    from detectron2.utils import comm
-
-    if not comm.is_main_process():
-        return None
-    os.makedirs(output_dir, exist_ok=True)
-    path = os.path.join(output_dir, filename)
-    payload = {"format": FORMAT_TAG, "version": 1, "results": _json_safe(results)}
-    with open(path, "w") as f:
-        json.dump(payload, f, indent=2)
-    return path
 
 
 def _is_task_level(results: Mapping) -> bool:
@@ -136,7 +100,13 @@ def _from_metrics_json(lines: Sequence[str], path: str) -> Dict:
     for key, value in last.items():
         parts = key.split("/")
         # eval keys are task/metric or dataset/task/metric; skip training scalars
-        if len(parts) < 2 or parts[-2] not in ("bbox", "segm", "keypoints", "calibration"):
+        if len(parts) < 2 or parts[-2] not in (
+            "bbox",
+            "segm",
+            "boundary",
+            "keypoints",
+            "calibration",
+        ):
             continue
         node = nested
         for part in parts[:-1]:
@@ -173,7 +143,7 @@ def load_eval_results(path: str, dataset: Optional[str] = None) -> Dict[str, Dic
             data = _from_metrics_json([text], path)
     if not isinstance(data, Mapping):
         raise ValueError(f"{path} is not a results dict")
-    return _json_safe(_pick_dataset(data, dataset, path))
+    return json_safe(_pick_dataset(data, dataset, path))
 
 
 @dataclass
@@ -287,13 +257,13 @@ def comparison_table(
 
 
 def per_run_table(arms: Sequence[Arm]) -> str:
-    """Markdown table of box AP and mask AP of every single run (to spot an outlier seed)."""
-    lines = ["| arm | run | box AP | mask AP |", "|---|---|---:|---:|"]
+    """Markdown table of box, mask and Boundary AP of every single run (to spot an outlier)."""
+    lines = ["| arm | run | box AP | mask AP | Boundary AP |", "|---|---|---:|---:|---:|"]
     for arm in arms:
         for path, run in zip(arm.paths, arm.runs):
-            box, mask = run.get("bbox", {}).get("AP"), run.get("segm", {}).get("AP")
-            cells = ["n/a" if v is None else f"{v:.2f}" for v in (box, mask)]
-            lines.append(f"| {arm.label} | {path} | {cells[0]} | {cells[1]} |")
+            values = [run.get(task, {}).get("AP") for task in ("bbox", "segm", "boundary")]
+            cells = ["n/a" if v is None else f"{v:.2f}" for v in values]
+            lines.append(f"| {arm.label} | {path} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 

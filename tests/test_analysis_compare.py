@@ -1,4 +1,4 @@
-"""The run comparison: loading results, mean ± std per arm, deltas, markdown and bar chart."""
+"""ms_rcnn.analysis.compare: loading results, mean ± std per arm, deltas, markdown and bar chart."""
 
 import json
 import os
@@ -14,7 +14,8 @@ def read_json(path):
 def results(box, mask, calib=None):
     segm = {"AP": mask, "AP50": mask + 20, "AP75": mask - 1, "APs": 10.0, "APm": float("nan")}
     segm["APl"] = mask + 10
-    out = {"bbox": {"AP": box, "AP50": 50.0, "AP-a": 1.0}, "segm": segm}
+    boundary = {"AP": mask / 2, "AP50": mask, "AP75": float("nan"), "AP-a": 3.0}
+    out = {"bbox": {"AP": box, "AP50": 50.0, "AP-a": 1.0}, "segm": segm, "boundary": boundary}
     if calib is not None:
         out["calibration"] = calib
     return out
@@ -55,7 +56,8 @@ def runs(tmp_path):
 
 
 def test_load_eval_results_forms(runs, tmp_path):
-    from ms_rcnn.evaluation import load_eval_results, save_eval_results
+    from ms_rcnn.analysis import load_eval_results
+    from ms_rcnn.evaluation import save_eval_results
 
     saved = read_json(os.path.join(runs["base", 1], "eval_results.json"))
     assert saved["results"]["segm"]["APm"] is None  # NaN stored as null: strict JSON
@@ -72,7 +74,7 @@ def test_load_eval_results_forms(runs, tmp_path):
 
 
 def test_table_means_stds_deltas(runs):
-    from ms_rcnn.evaluation import comparison_table, load_arms
+    from ms_rcnn.analysis import comparison_table, load_arms
 
     specs = [
         f"baseline={runs['base', 1]},{runs['base', 2]}",
@@ -91,6 +93,10 @@ def test_table_means_stds_deltas(runs):
     assert rows["mask AP50"] == "| mask AP50 | 48.50 ± 0.71 | 50.00 ± 0.71 | +1.50 |"
     assert rows["mask APl"] == "| mask APl | 38.50 ± 0.71 | 40.00 ± 0.71 | +1.50 |"
     assert "mask APm" not in rows  # NaN in every run
+    # Boundary AP = mask AP / 2 in these runs (one of them read from a metrics.json)
+    assert rows["Boundary AP"] == "| Boundary AP | 14.25 ± 0.35 | 15.00 ± 0.35 | +0.75 |"
+    assert rows["Boundary AP50"] == "| Boundary AP50 | 28.50 ± 0.71 | 30.00 ± 0.71 | +1.50 |"
+    assert "Boundary AP75" not in rows
     assert rows["Pearson(scores, IoU)"] == (
         "| Pearson(scores, IoU) | 0.410 ± 0.014 | 0.420 ± 0.028 | +0.010 |"
     )
@@ -109,7 +115,7 @@ def test_table_means_stds_deltas(runs):
 
 
 def test_cli_prints_table_and_writes_png(runs, tmp_path, capsys):
-    from ms_rcnn.evaluation.cli import main
+    from ms_rcnn.analysis.cli import main
 
     png = tmp_path / "charts" / "cmp.png"
     argv = ["--run", f"base={runs['base', 1]},{runs['base', 2]}"]
@@ -118,13 +124,13 @@ def test_cli_prints_table_and_writes_png(runs, tmp_path, capsys):
     out = capsys.readouterr().out
     assert "Baseline: base." in out
     assert "| mask AP | 28.50 ± 0.71 | 30.00 ± 0.71 | +1.50 |" in out
-    assert f"| ms | {runs['ms', 2]} | 30.90 | 30.50 |" in out
+    assert f"| ms | {runs['ms', 2]} | 30.90 | 30.50 | 15.25 |" in out
     assert f"Bar chart written to {png}" in out
     assert png.stat().st_size > 1000
 
 
 def test_cli_positional_runs_are_labelled_by_folder(runs, tmp_path, capsys):
-    from ms_rcnn.evaluation.cli import main
+    from ms_rcnn.analysis.cli import main
 
     png = tmp_path / "cmp.png"
     assert main([runs["base", 1], runs["ms", 1], "--png", str(png)]) == 0

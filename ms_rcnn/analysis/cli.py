@@ -5,14 +5,17 @@ import json
 import sys
 from typing import List, Optional
 
+from ..evaluation.boundary import BOUNDARY_TASK, boundary_eval_available
+from ..evaluation.calibration import SCORE_FIELDS
+from ..evaluation.results_file import json_safe
 from .ablation import (
+    ABLATION_TASKS,
     ablation_table,
     load_coco_gt,
     load_predictions,
     score_field_ablation,
 )
-from .calibration import SCORE_FIELDS
-from .compare import _json_safe, comparison_table, load_arms, per_run_table, plot_comparison
+from .compare import comparison_table, load_arms, per_run_table, plot_comparison
 
 __all__ = ["build_parser", "main"]
 
@@ -59,7 +62,7 @@ def build_parser() -> argparse.ArgumentParser:
     cmp.add_argument("--per-run", action="store_true", help="also list every run's AP")
 
     abl = sub.add_parser(
-        "ablate", help="segm AP of one run's saved predictions ranked by each score field"
+        "ablate", help="segm and Boundary AP of one run's saved masks ranked by each score field"
     )
     abl.add_argument(
         "--predictions",
@@ -74,6 +77,13 @@ def build_parser() -> argparse.ArgumentParser:
         nargs="+",
         choices=SCORE_FIELDS,
         help="score fields to rank by (default: all the predictions carry)",
+    )
+    abl.add_argument(
+        "--tasks",
+        nargs="+",
+        choices=ABLATION_TASKS,
+        default=list(ABLATION_TASKS),
+        help="AP to report: segm, boundary (Boundary AP, needs faster-coco-eval); default both",
     )
     abl.add_argument("--max-dets", type=int, default=100, help="COCOeval maxDets (default 100)")
     abl.add_argument("--output", help="also write the results to this JSON file")
@@ -123,18 +133,32 @@ def _ground_truth(args):
 def _run_ablate(args) -> int:
     coco_gt, id_map = _ground_truth(args)
     predictions = load_predictions(args.predictions, coco_gt=coco_gt, dataset_id_map=id_map)
-    results = score_field_ablation(
-        predictions, coco_gt, args.fields, max_dets_per_image=args.max_dets
-    )
-    if not results:
+    tasks = list(dict.fromkeys(args.tasks))
+    if BOUNDARY_TASK in tasks and not boundary_eval_available():
+        print(
+            "compare_runs.py: warning: Boundary AP skipped, it needs faster-coco-eval "
+            "(pip install faster-coco-eval)",
+            file=sys.stderr,
+        )
+        tasks.remove(BOUNDARY_TASK)
+    if not tasks:
+        raise SystemExit("compare_runs.py: no task left to evaluate")
+    results = {
+        task: score_field_ablation(
+            predictions, coco_gt, args.fields, max_dets_per_image=args.max_dets, task=task
+        )
+        for task in tasks
+    }
+    if not results[tasks[0]]:
         fields = ", ".join(SCORE_FIELDS)
         raise SystemExit(f"compare_runs.py: the predictions carry none of {fields}")
-    print(f"Segm AP of {len(predictions)} detections from {args.predictions}, re-ranked:")
-    print()
-    print(ablation_table(results))
+    print(f"AP of {len(predictions)} detections from {args.predictions}, re-ranked:")
+    for task in tasks:
+        print()
+        print(ablation_table(results[task], task=task))
     if args.output:
         with open(args.output, "w") as f:
-            json.dump(_json_safe(results), f, indent=2)
+            json.dump(json_safe(results), f, indent=2)
         print()
         print(f"Results written to {args.output}")
     return 0
