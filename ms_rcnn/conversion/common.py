@@ -96,9 +96,16 @@ class Converted:
         for reason in self.dropped.values():
             reasons[reason] = reasons.get(reason, 0) + 1
         lines += [f"  {n} x {reason}" for reason, n in reasons.items()]
-        changed = [m for m in self.mapped if m[4]]
-        lines.append(f"Layout changes ({len(changed)} tensors):")
-        lines += [f"  {p} {s} -> {d} {t}: {c}" for p, d, s, t, c in changed]
+        changed: Dict[str, list] = {}
+        for m in self.mapped:
+            if m[4]:
+                changed.setdefault(m[4], []).append(m)
+        lines.append(f"Layout changes ({sum(map(len, changed.values()))} tensors):")
+        for change, group in changed.items():
+            if len(group) > 2:  # the FrozenBN variances: one line, not 53
+                lines.append(f"  {len(group)} x {change}, e.g. {group[0][0]} -> {group[0][1]}")
+            else:
+                lines += [f"  {p} {s} -> {d} {t}: {c}" for p, d, s, t, c in group]
         lines.append("Renamed as is: " + _rename_summary(self.mapped))
         lines += [f"Note: {n}" for n in self.notes]
         overrides = " ".join(self.config_overrides())
