@@ -7,6 +7,7 @@ drawn in Detectron2's layout (the intended result), then put into the peer's lay
 counters, anchor buffers). A converter is right when it gives back the Detectron2 tensors.
 """
 
+import functools
 from typing import Dict, Tuple
 
 import torch
@@ -183,16 +184,30 @@ def _heads(b: _Builder, num_classes: int, mask_scoring: bool):
         b.conv(iou + "fc_mask_iou", "roi_heads.maskiou_head.predictor", k, 1024)
 
 
+@functools.lru_cache(maxsize=4)
+def _build(source, depth, num_classes, seed):
+    b = _Builder(source, seed)
+    _resnet(b, depth)
+    _fpn_rpn(b)
+    _heads(b, num_classes, mask_scoring=True)
+    return b.peer, b.d2
+
+
 def peer_checkpoint(
     source: str, depth: int = 50, mask_scoring: bool = True, num_classes: int = 80, seed: int = 0
 ) -> Tuple[Dict[str, torch.Tensor], Dict[str, torch.Tensor]]:
     """(peer state dict, the Detectron2 state dict a correct conversion gives).
 
-    source: "official" (maskrcnn-benchmark / official MS R-CNN) or "mmdet".
+    source: "official" (maskrcnn-benchmark / official MS R-CNN) or "mmdet". The plain Mask
+    R-CNN is the MS R-CNN without its MaskIoU head. The tensors are drawn once per argument set
+    and shared (R-50 is 60M values): the dicts are new, so replace tensors, never edit them.
     """
     assert source in ("official", "mmdet"), source
-    b = _Builder(source, seed)
-    _resnet(b, depth)
-    _fpn_rpn(b)
-    _heads(b, num_classes, mask_scoring)
-    return b.peer, b.d2
+    peer, d2 = _build(source, depth, num_classes, seed)
+    if not mask_scoring:
+        iou = ("roi_heads.maskiou.", "roi_head.mask_iou_head.", "roi_heads.maskiou_head.")
+        return (
+            {k: v for k, v in peer.items() if not k.startswith(iou)},
+            {k: v for k, v in d2.items() if not k.startswith(iou)},
+        )
+    return dict(peer), dict(d2)

@@ -177,7 +177,10 @@ def apply_rules(
         target = rule.target(match)
         if target in model:
             raise ConversionError(f"{origin[target]} and {name} both map to {target}")
-        new = rule.change(value) if rule.change else value
+        try:
+            new = rule.change(value) if rule.change else value
+        except ConversionError as e:
+            raise ConversionError(f"{name}: {e}") from e
         # A fresh, contiguous float tensor: slices must not keep the whole peer tensor alive.
         model[target] = new.detach().clone().contiguous()
         origin[target] = name
