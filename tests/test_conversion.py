@@ -75,6 +75,18 @@ def test_ms_rcnn_r50_converts_to_the_intended_tensors(source, wrap, models):
     check_fits(converted.model, models(config))
 
 
+def test_mmdet_maskiou_output_built_for_81_classes_loses_its_unused_last_row(models):
+    """Early mmdetection v2 configs had MaskIoUHead(num_classes=81); labels are 0..79, so its
+    row 80 is dead and dropped; rows 0..79 are ours as they are."""
+    peer, expected = peer_checkpoint("mmdet")
+    for suffix in ("weight", "bias"):
+        key = f"roi_head.mask_iou_head.fc_mask_iou.{suffix}"
+        peer[key] = torch.cat([peer[key], torch.randn(1, *peer[key].shape[1:])])
+    converted = convert("mmdet", peer)
+    assert_equal_tensors(converted.model, expected)
+    assert "last row dropped (fc_mask_iou built for 81 classes" in converted.report()
+
+
 def test_official_background_is_moved_not_lost():
     """The class layers computed from the same features: the official's class L is ours L - 1,
     its background (index 0) is our last classifier output and nowhere else."""

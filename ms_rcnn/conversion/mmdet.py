@@ -99,10 +99,26 @@ def check_mmdet_meta(meta: dict) -> list:
     return [f"mmdet_version {version}, caffe-style BGR (from meta['config'])"] if version else []
 
 
+def _drop_unused_maskiou_row(converted: Converted) -> None:
+    """Early mmdetection v2 MS R-CNN configs built fc_mask_iou with num_classes=81 (later ones
+    with 80). Its labels are 0..79, so row 80 is never trained nor read: drop it, and say so."""
+    model = converted.model
+    cls = model.get("roi_heads.box_predictor.cls_score.weight")
+    iou = "roi_heads.maskiou_head.predictor."
+    if cls is None or iou + "weight" not in model or len(model[iou + "weight"]) != len(cls):
+        return
+    doc = "last row dropped (fc_mask_iou built for 81 classes; labels 0..79 never read it)"
+    for i, (peer, d2, before, _, _) in enumerate(converted.mapped):
+        if d2.startswith(iou):
+            model[d2] = model[d2][:-1].clone()
+            converted.mapped[i] = (peer, d2, before, tuple(model[d2].shape), doc)
+
+
 def convert_mmdet(state, meta=None) -> Converted:
     """Convert an mmdetection v2 state dict (no `module.` prefix), checking its meta first."""
     notes = check_mmdet_meta(meta or {})
     converted = apply_rules(state, _rules(), DROPS, "mmdet")
+    _drop_unused_maskiou_row(converted)
     describe_architecture(converted)
     converted.notes += notes
     converted.notes.append(
