@@ -106,3 +106,25 @@ def test_evaluation_refuses_an_absent_layer(tmp_path):
     path, _ = saved_model(tmp_path, edit=no_mask_predictor)
     with pytest.raises(ValueError, match=r"absent from it: roi_heads.mask_head.predictor"):
         MSRCNNCheckpointer(fresh_model(), strict=True).load(str(path))
+
+
+def test_predictor_loads_strictly(tmp_path):
+    from ms_rcnn.predictor import MSRCNNPredictor
+
+    def no_maskiou_head(state):
+        for k in [k for k in state if k.startswith("roi_heads.maskiou_head.")]:
+            del state[k]
+
+    cfg = tiny_cfg("MaskScoringROIHeads")
+    cfg.MODEL.ROI_HEADS.SCORE_THRESH_TEST = 0.0  # random weights: keep every detection
+    cfg.MODEL.WEIGHTS = str(saved_model(tmp_path, name="baseline", edit=no_maskiou_head)[0])
+    with pytest.raises(ValueError, match=r"baseline.pth .*absent from it: roi_heads.maskiou_head"):
+        MSRCNNPredictor(cfg)
+    path, source = saved_model(tmp_path)
+    cfg.MODEL.WEIGHTS = str(path)
+    predictor = MSRCNNPredictor(cfg)
+    state = predictor.model.state_dict()
+    assert all(torch.equal(state[k], v) for k, v in source.items())
+    outputs = predictor(torch.randint(0, 255, (64, 64, 3), dtype=torch.uint8).numpy())
+    instances = outputs["instances"]
+    assert len(instances) > 0 and instances.has("mask_scores")
