@@ -326,3 +326,10 @@ def test_a_container_without_a_state_dict_is_refused():
         ConversionError, match=r"no state dict in it \(top-level keys: \['epoch', 'optimizer'\]\)"
     ):
         unwrap_checkpoint({"optimizer": {}, "epoch": 12})
+
+
+def test_an_unsupported_depth_is_refused():
+    peer, _ = peer_checkpoint("official", mask_scoring=False)
+    peer = {k: v for k, v in peer.items() if not k.startswith("backbone.body.layer3.5.")}
+    with pytest.raises(ConversionError, match=r"stages of \[3, 4, 5, 3\] blocks"):
+        convert("official", peer)

@@ -239,7 +239,7 @@ def describe_architecture(converted: Converted) -> None:
     if depth is None:
         raise ConversionError(
             f"{converted.source} checkpoint has ResNet stages of {blocks} blocks; this converter "
-            f"knows R-50 {list(next(iter(SUPPORTED_DEPTHS)))} and R-101 (3, 4, 23, 3) FPN only"
+            "has configs for R-50 [3, 4, 6, 3] and R-101 [3, 4, 23, 3] FPN only"
         )
     converted.depth = depth
     cls = model.get("roi_heads.box_predictor.cls_score.weight")
