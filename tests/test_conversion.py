@@ -333,3 +333,16 @@ def test_an_unsupported_depth_is_refused():
     peer = {k: v for k, v in peer.items() if not k.startswith("backbone.body.layer3.5.")}
     with pytest.raises(ConversionError, match=r"stages of \[3, 4, 5, 3\] blocks"):
         convert("official", peer)
+
+
+class _Pickled:
+    """Not a tensor or a plain container: torch.load(weights_only=True) refuses it."""
+
+
+def test_cli_reads_only_plain_data_unless_told_and_names_a_missing_file(tmp_path, capsys):
+    path = tmp_path / "odd.pth"
+    torch.save({"model": {}, "extra": _Pickled()}, path)
+    assert main(["--source", "mmdet", str(path), str(tmp_path / "out.pth")]) == 1
+    assert "pass --unsafe-load" in capsys.readouterr().err
+    assert main(["--source", "mmdet", str(tmp_path / "absent.pth"), str(tmp_path / "o.pth")]) == 1
+    assert "absent.pth: no such file" in capsys.readouterr().err

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import torch
 
+from ..checkpoint import atomic_torch_save
 from . import SOURCES, ConversionError, convert_state_dict, unwrap_checkpoint
 from .verify import build_model_from_config, check_fits, check_loads_exactly
 
@@ -53,17 +54,26 @@ def load_peer_file(path: str, unsafe: bool = False):
         raise ConversionError(f"{path}: not a readable torch checkpoint ({e})") from e
 
 
+def _find_config(relative: str) -> str:
+    """The config in this checkout (an editable install), else under the current folder."""
+    for folder in (REPO, Path.cwd()):
+        if (folder / relative).is_file():
+            return str(folder / relative)
+    raise ConversionError(
+        f"cannot find {relative} to check the result against: run from the ms-rcnn repository, "
+        "or pass --no-verify to skip the check"
+    )
+
+
 def convert_file(args) -> None:
     state, meta = unwrap_checkpoint(load_peer_file(args.input, args.unsafe_load), args.input)
     converted = convert_state_dict(state, args.source, meta)
     print(converted.report())
-    config = str(REPO / converted.config_file)
     model = None
     if not args.no_verify:
+        config = _find_config(converted.config_file)
         model = build_model_from_config(config, converted.config_overrides())
         check_fits(converted.model, model, f"converted {args.input}")
-    from ..checkpoint import atomic_torch_save
-
     folder = os.path.dirname(os.path.abspath(args.output))
     os.makedirs(folder, exist_ok=True)
     atomic_torch_save(converted.checkpoint(args.input), args.output)
@@ -88,7 +98,7 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     try:
         convert_file(args)
-    except ConversionError as e:
+    except ValueError as e:  # ConversionError, or the strict loader's refusal
         print(f"error: {e}", file=sys.stderr)
         return 1
     return 0
