@@ -107,3 +107,39 @@ def test_mmdet_anchors_equal_detectron2s(config):
 def test_official_generator_refuses_a_half_stride_offset():
     with pytest.raises(ValueError, match=r"MODEL.ANCHOR_GENERATOR.OFFSET 0.0 \(got 0.5\)"):
         anchor_generator("ms_rcnn_R_50_FPN_1x_maskrcnn_benchmark.yaml", OFFSET=0.5)
+
+
+def official_decode(anchors, deltas):
+    """maskrcnn-benchmark's box decoding from its definition, in its inclusive ("+1") frame:
+    width x2 - x1 + 1, centre x1 + w / 2, and x2 = centre + w / 2 - 1 on the way back."""
+    w = anchors[:, 2] - anchors[:, 0] + 1
+    h = anchors[:, 3] - anchors[:, 1] + 1
+    cx, cy = anchors[:, 0] + 0.5 * w, anchors[:, 1] + 0.5 * h
+    dx, dy, dw, dh = deltas.unbind(1)
+    pcx, pcy, pw, ph = cx + dx * w, cy + dy * h, w * dw.exp(), h * dh.exp()
+    return torch.stack([pcx - 0.5 * pw, pcy - 0.5 * ph, pcx + 0.5 * pw - 1, pcy + 0.5 * ph - 1], 1)
+
+
+def test_rpn_proposals_from_converted_weights_are_the_official_ones_plus_one_pixel():
+    """The same RPN deltas on our anchors decode to the official proposals in Detectron2's frame
+    (x2 + 1): anchors, not only their cell shapes, line up with what the weights were trained on."""
+    from detectron2.modeling.box_regression import Box2BoxTransform
+
+    generator = anchor_generator("ms_rcnn_R_50_FPN_1x_maskrcnn_benchmark.yaml")
+    ours = generator([torch.zeros(1, 8, 3, 4)] * 5)
+    g = torch.Generator().manual_seed(0)
+    for level, boxes in enumerate(ours):
+        official_anchors = torch.tensor(OFFICIAL_CELL_ANCHORS[level], dtype=torch.float64)
+        shifts = torch.tensor(
+            [[x, y, x, y] for y in range(3) for x in range(4)], dtype=torch.float64
+        )
+        official_anchors = (shifts[:, None] * STRIDES[level] + official_anchors[None]).reshape(
+            -1, 4
+        )
+        deltas = torch.randn(len(official_anchors), 4, generator=g, dtype=torch.float64) * 0.5
+        decoded = Box2BoxTransform(weights=(1.0, 1.0, 1.0, 1.0)).apply_deltas(
+            deltas, boxes.tensor.double()
+        )
+        expected = official_decode(official_anchors, deltas) + torch.tensor([0.0, 0.0, 1.0, 1.0])
+        # Detectron2 decodes in float32: ~1e-5 px of rounding, against the 1 px being checked.
+        torch.testing.assert_close(decoded, expected.to(decoded.dtype), rtol=0, atol=1e-3)
