@@ -1,7 +1,8 @@
 """Mask Scoring R-CNN for Detectron2.
 
-Importing this package registers its heads in Detectron2's registries (`ROI_HEADS_REGISTRY`
-and this package's `ROI_MASKIOU_HEAD_REGISTRY`). Call `add_ms_rcnn_config(cfg)` after
+Importing this package registers its heads in Detectron2's registries (`ROI_HEADS_REGISTRY`;
+`ANCHOR_GENERATOR_REGISTRY` for maskrcnn-benchmark's anchors) and this package's
+`ROI_MASKIOU_HEAD_REGISTRY`. Call `add_ms_rcnn_config(cfg)` after
 `get_cfg()` and before `merge_from_file` to add its config keys.
 """
 
@@ -17,6 +18,7 @@ except ImportError as e:
         "Detectron2 from an upstream git checkout. See README.md, 'Installing'."
     ) from e
 
+from .anchor_generator import MaskrcnnBenchmarkAnchorGenerator
 from .box_predictor import SoftNMSFastRCNNOutputLayers
 from .cascade import CascadeMaskScoringROIHeads
 from .config import add_ms_rcnn_config
@@ -38,6 +40,7 @@ __all__ = [
     "add_ms_rcnn_config",
     "ROI_MASKIOU_HEAD_REGISTRY",
     "MaskIoUHead",
+    "MaskrcnnBenchmarkAnchorGenerator",
     "build_maskiou_head",
     "mask_iou_targets",
     "gt_mask_crops",

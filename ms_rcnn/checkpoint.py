@@ -9,6 +9,7 @@ with a warning, which is right for fine-tuning but silently wrong for evaluation
 import logging
 import os
 import pickle
+import re
 import tempfile
 from typing import List, Optional, Tuple
 
@@ -20,6 +21,12 @@ __all__ = ["MSRCNNCheckpointer", "checkpoint_num_classes", "atomic_torch_save"]
 logger = logging.getLogger(__name__)
 
 MASKIOU_PREFIX = "roi_heads.maskiou_head."
+
+# The layers whose output size is the class count (cascade stages: box_predictor.<stage>).
+CLASS_DEPENDENT_LAYER = re.compile(
+    r"roi_heads\.(box_predictor(\.\d+)?\.(cls_score|bbox_pred)|mask_head\.predictor"
+    r"|maskiou_head\.predictor)\.(weight|bias)$"
+)
 
 
 def _atomic_write(path: str, write) -> None:
@@ -66,8 +73,15 @@ class MSRCNNCheckpointer(DetectionCheckpointer):
     Loading is strict (any layer missing from the checkpoint or of another shape is an error
     naming the file, the layers and, for class-dependent layers, both class counts) when
     `strict=True` (evaluation) or when resuming (the checkpoint is loaded with its trainer
-    state). Otherwise, as for fine-tuning from MODEL.WEIGHTS, re-initialized layers are named
-    in one warning.
+    state). Otherwise (training from MODEL.WEIGHTS) layers absent from the checkpoint are
+    allowed and named in the log (ImageNet backbones, a Mask R-CNN without the MaskIoU head),
+    but a layer of another shape is an error, except the class-dependent output layers when the
+    checkpoint's class count differs from the model's: that is fine-tuning on new classes, said
+    in one log line.
+
+    Not covered: Caffe2 `.pkl` files loaded through Detectron2's name-matching heuristics, whose
+    shape mismatches Detectron2 drops (with a warning) before this class sees them; they then
+    count as absent layers.
     """
 
     def __init__(self, model, save_dir="", *, strict: bool = False, **kwargs):
@@ -122,7 +136,38 @@ class MSRCNNCheckpointer(DetectionCheckpointer):
         incompatible.missing_keys[:] = [k for k in incompatible.missing_keys if k not in skipped]
         if self._strict_now and (shapes or incompatible.missing_keys):
             raise ValueError(self._strict_message(shapes, incompatible.missing_keys))
+        refused = [s for s in shapes if not self._is_new_class_layer(s[0])]
+        if refused:
+            raise ValueError(self._shape_message(refused))
         return incompatible
+
+    def _is_new_class_layer(self, key: str) -> bool:
+        """A class-dependent output layer, with the model's class count not the checkpoint's:
+        the one shape mismatch that is right to skip (fine-tuning on new classes)."""
+        return (
+            CLASS_DEPENDENT_LAYER.match(key) is not None
+            and self._ckpt_classes is not None
+            and self._ckpt_classes != self._model_classes
+        )
+
+    def _shape_message(self, shapes) -> str:
+        if self._ckpt_classes is not None and self._ckpt_classes == self._model_classes:
+            classes = f"both have {self._model_classes} classes"
+        elif self._ckpt_classes is not None:
+            classes = (
+                f"it has {self._ckpt_classes} classes and MODEL.ROI_HEADS.NUM_CLASSES="
+                f"{self._model_classes}, but these are not class-dependent output layers"
+            )
+        else:
+            classes = "it has no box classifier to tell its class count"
+        return (
+            f"Checkpoint {self._path} does not fit the model: layers of another shape, which "
+            f"would be skipped and left randomly initialized: {_describe_shapes(shapes)} "
+            f"({classes}). Only the class-dependent output layers (box classifier and regressor, "
+            "mask predictor, MaskIoU predictor) may differ, when fine-tuning on another class "
+            "count. Use the config the checkpoint was trained with; a maskrcnn-benchmark or "
+            "mmdetection checkpoint needs tools/convert_checkpoint.py first."
+        )
 
     def _strict_message(self, shapes, missing) -> str:
         ckpt_classes, model_classes = self._ckpt_classes, self._model_classes
@@ -152,10 +197,12 @@ class MSRCNNCheckpointer(DetectionCheckpointer):
                     f" it has {self._ckpt_classes} classes, MODEL.ROI_HEADS.NUM_CLASSES="
                     f"{self._model_classes};"
                 )
-            # One warning for the whole set (fvcore logs one per tensor).
+            # One line for the whole set (fvcore logs one per tensor). _load_model refused any
+            # other shape mismatch, so these are the class-dependent layers of a new class count.
             self.logger.warning(
-                f"Checkpoint {self._path}:{counts} re-initialized layers of another shape: "
-                f"{_describe_shapes(shapes)}. Expected when fine-tuning to a new dataset."
+                f"Checkpoint {self._path}:{counts} fine-tuning on new classes, so the "
+                f"class-dependent output layers start from random weights: "
+                f"{_describe_shapes(shapes)}."
             )
         missing = list(incompatible.missing_keys)
         if missing and all(k.startswith(MASKIOU_PREFIX) for k in missing):

@@ -1,0 +1,104 @@
+"""Command line of tools/convert_checkpoint.py: convert, check against the model, save, report."""
+
+import argparse
+import os
+import pickle
+import sys
+from pathlib import Path
+
+import torch
+
+from ..checkpoint import atomic_torch_save
+from . import SOURCES, ConversionError, convert_state_dict, unwrap_checkpoint
+from .verify import build_model_from_config, check_fits, check_loads_exactly
+
+__all__ = ["main", "load_peer_file"]
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(
+        description="Convert a published maskrcnn-benchmark (official MS R-CNN) or mmdetection "
+        "COCO checkpoint to a Detectron2 checkpoint for ms-rcnn, and check that it loads "
+        "strictly into the model of the config it reports."
+    )
+    parser.add_argument("--source", required=True, choices=SOURCES)
+    parser.add_argument("input", help="the peer's .pth file")
+    parser.add_argument("output", help="where to write the Detectron2 checkpoint (.pth)")
+    parser.add_argument(
+        "--no-verify",
+        action="store_true",
+        help="skip building the model and loading the result strictly (a few seconds)",
+    )
+    parser.add_argument(
+        "--unsafe-load",
+        action="store_true",
+        help="read INPUT with torch.load(weights_only=False): runs pickled code, so only for "
+        "files you trust, and only if the safe load fails",
+    )
+    return parser.parse_args(argv)
+
+
+def load_peer_file(path: str, unsafe: bool = False):
+    if not os.path.isfile(path):
+        raise ConversionError(f"{path}: no such file")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=not unsafe)
+    except pickle.UnpicklingError as e:
+        raise ConversionError(
+            f"{path}: torch.load(weights_only=True) refused it ({str(e).splitlines()[0]}). If you "
+            "trust the file (downloaded from the publisher, sha256 checked), pass --unsafe-load"
+        ) from e
+    except (EOFError, RuntimeError) as e:
+        raise ConversionError(f"{path}: not a readable torch checkpoint ({e})") from e
+
+
+def _find_config(relative: str) -> str:
+    """The config in this checkout (an editable install), else under the current folder."""
+    for folder in (REPO, Path.cwd()):
+        if (folder / relative).is_file():
+            return str(folder / relative)
+    raise ConversionError(
+        f"cannot find {relative} to check the result against: run from the ms-rcnn repository, "
+        "or pass --no-verify to skip the check"
+    )
+
+
+def convert_file(args) -> None:
+    state, meta = unwrap_checkpoint(load_peer_file(args.input, args.unsafe_load), args.input)
+    converted = convert_state_dict(state, args.source, meta)
+    print(converted.report())
+    model = None
+    if not args.no_verify:
+        config = _find_config(converted.config_file)
+        model = build_model_from_config(config, converted.config_overrides())
+        check_fits(converted.model, model, f"converted {args.input}")
+    folder = os.path.dirname(os.path.abspath(args.output))
+    os.makedirs(folder, exist_ok=True)
+    atomic_torch_save(converted.checkpoint(args.input), args.output)
+    if model is not None:
+        try:
+            check_loads_exactly(args.output, model)
+        except Exception:
+            os.remove(args.output)
+            raise
+        print(
+            f"Checked: {args.output} loads strictly into {converted.config_file}, "
+            "every tensor equal"
+        )
+    overrides = " ".join(converted.config_overrides())
+    print(
+        f"Wrote {args.output}. Evaluate with:\n  python tools/train_net.py --config-file "
+        f"{converted.config_file} --eval-only MODEL.WEIGHTS {args.output} {overrides}".rstrip()
+    )
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    try:
+        convert_file(args)
+    except ValueError as e:  # ConversionError, or the strict loader's refusal
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    return 0

@@ -1,0 +1,29 @@
+"""Inference on single images with weights loaded strictly.
+
+Detectron2's DefaultPredictor loads MODEL.WEIGHTS like fine-tuning does: a layer missing from the
+file or of another shape is skipped with a warning and predicts from random weights. A predictor
+has no use for that, so this one refuses such a file, naming the layers.
+"""
+
+from detectron2.engine import DefaultPredictor
+
+from .checkpoint import MSRCNNCheckpointer
+
+__all__ = ["MSRCNNPredictor"]
+
+
+class MSRCNNPredictor(DefaultPredictor):
+    """DefaultPredictor (same call: BGR/RGB HxWxC image in, {"instances": ...} out) whose
+    MODEL.WEIGHTS must fit the model exactly (MSRCNNCheckpointer with strict=True)."""
+
+    def __init__(self, cfg):
+        if not cfg.MODEL.WEIGHTS:
+            raise ValueError("MSRCNNPredictor needs trained weights: set MODEL.WEIGHTS")
+        # DefaultPredictor builds the model, the resize and the input format; its own (lenient)
+        # load is skipped by giving it no weights, then the strict load replaces it.
+        no_weights = cfg.clone()
+        no_weights.defrost()
+        no_weights.MODEL.WEIGHTS = ""
+        super().__init__(no_weights)
+        self.cfg = cfg.clone()
+        MSRCNNCheckpointer(self.model, strict=True).load(cfg.MODEL.WEIGHTS)
