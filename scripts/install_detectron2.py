@@ -17,13 +17,14 @@ Detectron2 publishes nothing on PyPI. This script, run by `make setup`:
      current click) is relaxed as upstream did, and `detectron2.export` imports caffe2 (gone
      from torch 2) only if it is there, so TracingAdapter and FlopCountAnalysis import.
 
-Usage: python scripts/install_detectron2.py [--force]
+Usage: python scripts/install_detectron2.py [--force] [--source PATH]
 """
 
 import argparse
 import hashlib
 import pathlib
 import re
+import shutil
 import subprocess
 import sys
 import tarfile
@@ -95,9 +96,14 @@ MODEL_ZOO_OLD = """    cfg_file = pkg_resources.resource_filename(
     )"""
 MODEL_ZOO_NEW = """    cfg_file = os.path.join(os.path.dirname(__file__), "configs", config_path)"""
 
-SETUP_REPLACEMENTS = [
+# setup.py lines that build the C++/CUDA extension, in v0.6 and in upstream main alike.
+SETUP_NO_EXTENSION = [
     ("    ext_modules=get_extensions(),\n", ""),
     ('    cmdclass={"build_ext": torch.utils.cpp_extension.BuildExtension},\n', ""),
+]
+
+SETUP_REPLACEMENTS = [
+    *SETUP_NO_EXTENSION,
     ('"black==21.4b2"', '"black"'),
     (
         'package_data={"detectron2.model_zoo": get_model_zoo_configs()}',
@@ -178,6 +184,43 @@ def patch_source(src):
     )
 
 
+def patch_checkout(src):
+    """Prepare an upstream checkout (e.g. main) for a build without compiled ops.
+
+    Main already has the NumPy, Pillow, black and caffe2 fixes; what it still needs is the
+    `_C` stand-in, no extension in setup.py, and (as of 02b5c4e2) model_zoo without
+    pkg_resources. Each fix is applied only where the checkout still needs it.
+    """
+    pkg = src / "detectron2"
+    if not (pkg / "__init__.py").is_file() or not (src / "setup.py").is_file():
+        raise SystemExit(f"{src} is not a Detectron2 checkout (no setup.py or detectron2/)")
+    (pkg / "_C.py").write_text(C_STANDIN)
+    for old, new in SETUP_NO_EXTENSION:
+        replace_exactly(src / "setup.py", old, new)
+    fixed = ["_C stand-in", "no extension"]
+    zoo = pkg / "model_zoo/model_zoo.py"
+    if "import pkg_resources\n" in zoo.read_text():
+        replace_exactly(zoo, "import pkg_resources\n", "")
+        replace_exactly(zoo, MODEL_ZOO_OLD, MODEL_ZOO_NEW)
+        fixed.append("model_zoo without pkg_resources")
+    log("patched checkout: " + ", ".join(fixed))
+
+
+def install_checkout(source):
+    """Build and install the Detectron2 checkout at `source` without compiled ops.
+
+    The checkout itself is left untouched: it is copied (without .git and build leftovers)
+    and the copy is patched and installed.
+    """
+    source = pathlib.Path(source).resolve()
+    with tempfile.TemporaryDirectory(prefix="d2-build-") as tmp:
+        src = pathlib.Path(tmp) / "detectron2"
+        ignore = shutil.ignore_patterns(".git", "build", "*.egg-info", "_C*.so", "__pycache__")
+        shutil.copytree(source, src, ignore=ignore, symlinks=True)
+        patch_checkout(src)
+        pip("install", "--no-build-isolation", "-c", str(CONSTRAINTS), str(src))
+
+
 def build_and_install():
     version = pinned_version()
     with tempfile.TemporaryDirectory(prefix="d2-build-") as tmp:
@@ -200,10 +243,19 @@ def build_and_install():
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--force", action="store_true", help="rebuild even if one works")
+    parser.add_argument(
+        "--source",
+        metavar="PATH",
+        help="build this Detectron2 checkout (e.g. upstream main) without compiled ops, "
+        "instead of the pinned v0.6 sdist; always (re)installs",
+    )
     args = parser.parse_args()
-    if not args.force and working_detectron2():
-        return
-    build_and_install()
+    if args.source:
+        install_checkout(args.source)
+    else:
+        if not args.force and working_detectron2():
+            return
+        build_and_install()
     if not working_detectron2():
         raise SystemExit("Detectron2 was installed but fails the smoke test (see above)")
 
