@@ -47,10 +47,13 @@ class CycleError(RuntimeError):
 
 
 def launch(workdir, out, log, *args):
-    """Start tools/train_net.py, its output going to the open file `log`."""
+    """Start tools/train_net.py, its output going to the open file `log`. `args` are flags
+    (--resume, --eval-only) and then `KEY VALUE` overrides, which go after OPTS to win."""
+    flags = [a for a in args if a.startswith("--")]
+    overrides = [a for a in args if not a.startswith("--")]
     env = dict(os.environ, MS_RCNN_DATASETS=str(workdir / "datasets"), OMP_NUM_THREADS="1")
     cmd = [sys.executable, str(ROOT / "tools" / "train_net.py"), "--config-file", str(CONFIG),
-           *args, *OPTS, "OUTPUT_DIR", str(out)]  # fmt: skip
+           *flags, *OPTS, *overrides, "OUTPUT_DIR", str(out)]  # fmt: skip
     # Its own process group, so that SIGKILL reaches everything it started.
     return subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=workdir,
                             start_new_session=True)  # fmt: skip

@@ -11,11 +11,19 @@ Detectron2 publishes nothing on PyPI. This script, run by `make setup`:
      axis-aligned boxes never calls `_C` (it uses torchvision's roi_align and nms);
    - the v0.6 lines that fail on today's libraries, fixed the way upstream main fixed them:
      `np.bool`/`np.int`/`np.float`/`np.str` (removed in NumPy 1.24) become the builtins,
-     `Image.LINEAR` (removed in Pillow 10) becomes `Image.BILINEAR`, `pkg_resources` (gone with
-     setuptools >= 81) is no longer used to find model-zoo configs, the model-zoo configs are
+     `Image.LINEAR` (removed in Pillow 10) becomes `Image.BILINEAR`, the model-zoo configs are
      installed as package data, the `black==21.4b2` pin (which no longer imports with
      current click) is relaxed as upstream did, and `detectron2.export` imports caffe2 (gone
-     from torch 2) only if it is there, so TracingAdapter and FlopCountAnalysis import.
+     from torch 2) only if it is there, so TracingAdapter and FlopCountAnalysis import;
+   - `pkg_resources` (gone with setuptools >= 81) no longer used to find model-zoo configs.
+     Upstream main has not fixed this (it still imports it as of 02b5c4e2).
+
+With `--source PATH`, it builds that Detectron2 checkout (e.g. upstream main) the same way:
+no compiled ops, and the fixes the checkout still needs (see `patch_checkout`).
+
+A smoke test checks the result, or an already installed Detectron2: Detectron2's core, its
+model zoo, COCO evaluation, then ms-rcnn's configs and evaluator from this checkout. A failure
+names the step and says what to do.
 
 Usage: python scripts/install_detectron2.py [--force] [--source PATH]
 """
