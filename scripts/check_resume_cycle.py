@@ -140,8 +140,8 @@ def evaluate(workdir, out):
         "MODEL.ROI_HEADS.SCORE_THRESH_TEST",
         "0.0",
     )  # fmt: skip (some AP after 30 steps)
-    results = json.loads((eval_out / "eval_results.json").read_text())
-    results = results.get("synthetic_shapes_tiny_val", results)
+    # ms_rcnn.evaluation.save_eval_results: {"format": ..., "results": {task: {metric: value}}}
+    results = json.loads((eval_out / "eval_results.json").read_text())["results"]
     aps = {task: results.get(task, {}).get("AP") for task in ("bbox", "segm")}
     if not all(isinstance(ap, float) and not math.isnan(ap) for ap in aps.values()):
         raise CycleError(f"--eval-only gave no bbox/segm AP: {results}")
