@@ -71,7 +71,6 @@ model_zoo.get_config_file("COCO-InstanceSegmentation/mask_rcnn_R_50_FPN_1x.yaml"
 model_zoo.get_config("common/models/mask_rcnn_fpn.py")
 
 step("evaluator")
-import detectron2.evaluation
 from detectron2.evaluation import COCOEvaluator
 
 root = sys.argv[1]
@@ -80,8 +79,8 @@ step("project-import", root)
 from detectron2.config import LazyConfig, get_cfg
 import ms_rcnn
 from ms_rcnn.evaluation import MaskScoringCOCOEvaluator
-# One image, its ground truth predicted back: segm AP must be 100.
-step("project-evaluator")
+
+step("project-evaluator")  # one image, its ground truth predicted back: segm AP must be 100
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.structures import BoxMode, Instances, Boxes
 box = [4.0, 4.0, 20.0, 20.0]
@@ -101,6 +100,7 @@ with tempfile.TemporaryDirectory() as out:
     evaluator.process([{"image_id": 1}], [{"instances": pred}])
     segm_ap = evaluator.evaluate()["segm"]["AP"]
     assert segm_ap > 99, f"segm AP {segm_ap} for a perfect prediction"
+
 for path in sorted(glob.glob(os.path.join(root, "configs", "**", "*.yaml"), recursive=True)):
     step("project-yaml", path)
     cfg = get_cfg()
