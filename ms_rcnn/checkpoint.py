@@ -10,11 +10,13 @@ import logging
 import os
 import pickle
 import re
+import shutil
 import tempfile
 from typing import List, Optional, Tuple
 
 import torch
 from detectron2.checkpoint import DetectionCheckpointer
+from detectron2.utils.file_io import PathManager
 
 __all__ = ["MSRCNNCheckpointer", "checkpoint_num_classes", "atomic_torch_save"]
 
@@ -29,12 +31,37 @@ CLASS_DEPENDENT_LAYER = re.compile(
 )
 
 
-def _atomic_write(path: str, write) -> None:
-    """Write to a temporary file in the same folder, then rename it over `path`.
+def _is_local_path(path: str) -> bool:
+    """True if Detectron2's PathManager hands `path` to the local filesystem (its native handler).
 
-    os.replace is atomic on POSIX: a reader (or a resumed run) sees the old file or the whole
-    new one, never a prefix of it, whenever the writer is killed.
+    Any other path has a registered prefix ("s3://", "manifold://", "http://"...). iopath has no
+    public "which handler" query, so this reads the registered prefixes; if a future iopath
+    renames them, paths with a URL scheme count as remote.
     """
+    prefixes = getattr(PathManager, "_path_handlers", None)
+    if prefixes is None:
+        return "://" not in path
+    return not any(path.startswith(prefix) for prefix in prefixes)
+
+
+def _atomic_write(path: str, write) -> None:
+    """Write `path` so that no reader ever sees part of it.
+
+    On the local filesystem: write a temporary file in the same folder, then rename it over
+    `path` (os.replace is atomic on POSIX, so a reader or a resumed run sees the old file or the
+    whole new one whenever the writer is killed). Other paths go through Detectron2's
+    PathManager and their store's handler: the bytes are first written to a local temporary
+    file, so a failure while serializing leaves the stored object untouched, then copied in one
+    open/close. Whether that copy is atomic is the store's: object stores (S3, GCS...) have no
+    rename but publish an object only when its upload completes.
+    """
+    if not _is_local_path(path):
+        with tempfile.TemporaryFile() as staged:
+            write(staged)
+            staged.seek(0)
+            with PathManager.open(path, "wb") as f:
+                shutil.copyfileobj(staged, f)
+        return
     folder = os.path.dirname(path) or "."
     fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=folder)
     try:

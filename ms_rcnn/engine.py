@@ -11,7 +11,7 @@ from collections import OrderedDict
 
 import torch
 from detectron2.config import get_cfg
-from detectron2.engine import DefaultTrainer, default_setup, hooks
+from detectron2.engine import DefaultTrainer, TrainerBase, default_setup, hooks
 from detectron2.evaluation import verify_results
 from detectron2.layers import FrozenBatchNorm2d
 from detectron2.utils import comm
@@ -87,13 +87,19 @@ class Trainer(DefaultTrainer):
             if isinstance(hook, hooks.PeriodicCheckpointer):
                 hook.checkpointer = self.checkpointer
 
+    # Detectron2 main's DefaultTrainer (since PR #3686) has its own state_dict/load_state_dict
+    # with the optimizer under "_trainer", and its loader requires that key; v0.6's has none.
+    # Both methods here start from TrainerBase's (the iteration and hook states, identical in
+    # both versions) and handle "_trainer" themselves, so resuming behaves the same on either
+    # version: a checkpoint without optimizer state loads with a warning, and the optimizer
+    # state of one that has it is loaded exactly once.
     def state_dict(self):
-        ret = super().state_dict()
+        ret = TrainerBase.state_dict(self)
         ret["_trainer"] = self._trainer.state_dict()  # the optimizer (and AMP's grad scaler)
         return ret
 
     def load_state_dict(self, state_dict):
-        super().load_state_dict(state_dict)
+        TrainerBase.load_state_dict(self, state_dict)
         if "_trainer" in state_dict:
             self._trainer.load_state_dict(state_dict["_trainer"])
         else:

@@ -171,21 +171,71 @@ def test_truncated_checkpoint_is_named(tmp_path):
         MSRCNNCheckpointer(torch.nn.Linear(2, 2)).load(str(path))
 
 
-def test_checkpoint_without_optimizer_state_resumes_with_a_warning(caplog):
-    """Checkpoints of Detectron2's own DefaultTrainer hold no optimizer state: resuming from
-    one keeps the iteration and says that momentum restarts; ours restore the optimizer."""
-    import logging
+def _main_branch_trainer_state(monkeypatch):
+    """Give DefaultTrainer the state-dict methods of Detectron2 main (PR #3686), on v0.6 too.
+
+    Main's DefaultTrainer saves its inner SimpleTrainer's state (the optimizer) under
+    "_trainer" and, when loading, requires that key and loads it. These two functions have that
+    behaviour (written from its description, not copied), so the suite reproduces main on the
+    v0.6 that CI installs.
+    """
+    from detectron2.engine import DefaultTrainer, TrainerBase
+
+    def state_dict(self):
+        return {**TrainerBase.state_dict(self), "_trainer": self._trainer.state_dict()}
+
+    def load_state_dict(self, state_dict):
+        TrainerBase.load_state_dict(self, state_dict)
+        self._trainer.load_state_dict(state_dict["_trainer"])  # KeyError without it
+
+    monkeypatch.setattr(DefaultTrainer, "state_dict", state_dict, raising=False)
+    monkeypatch.setattr(DefaultTrainer, "load_state_dict", load_state_dict, raising=False)
+
+
+def _bare_trainer():
+    """A Trainer with only what the state-dict logic touches (no model or data)."""
     from types import SimpleNamespace
 
     from ms_rcnn.engine import Trainer
 
     loaded = []
-    trainer = object.__new__(Trainer)  # only the state-dict logic, no model or data
+    trainer = object.__new__(Trainer)
     trainer._hooks = []
-    trainer._trainer = SimpleNamespace(load_state_dict=loaded.append)
+    trainer.iter = 0
+    trainer._trainer = SimpleNamespace(
+        load_state_dict=loaded.append, state_dict=lambda: {"optimizer": "saved state"}
+    )
+    return trainer, loaded
+
+
+@pytest.mark.parametrize("detectron2_trainer", ["installed", "main-branch"])
+def test_checkpoint_without_optimizer_state_resumes_with_a_warning(
+    caplog, monkeypatch, detectron2_trainer
+):
+    """Checkpoints of Detectron2 v0.6's DefaultTrainer hold no optimizer state: resuming from
+    one keeps the iteration and says that momentum restarts, with the parent class of either
+    Detectron2 version (main's raised KeyError: '_trainer' through super())."""
+    import logging
+
+    if detectron2_trainer == "main-branch":
+        _main_branch_trainer_state(monkeypatch)
+    trainer, loaded = _bare_trainer()
     with caplog.at_level(logging.WARNING):
         trainer.load_state_dict({"iteration": 7})
     assert trainer.iter == 7 and loaded == []
     assert "no optimizer state" in caplog.text
+
+
+@pytest.mark.parametrize("detectron2_trainer", ["installed", "main-branch"])
+def test_optimizer_state_is_saved_and_loaded_exactly_once(monkeypatch, detectron2_trainer):
+    """Our checkpoints (and main's plain DefaultTrainer's) hold the optimizer under "_trainer";
+    resuming loads it once, not once in the parent and again here."""
+    if detectron2_trainer == "main-branch":
+        _main_branch_trainer_state(monkeypatch)
+    trainer, loaded = _bare_trainer()
+    trainer.iter = 4
+    saved = trainer.state_dict()
+    assert saved == {"iteration": 4, "_trainer": {"optimizer": "saved state"}}
+    trainer.iter = 0
     trainer.load_state_dict({"iteration": 9, "_trainer": {"optimizer": "state"}})
     assert trainer.iter == 9 and loaded == [{"optimizer": "state"}]
