@@ -135,7 +135,8 @@ def predict_config(config_file: str, opts: Sequence[str], confidence_threshold: 
         raise InputError(f"config {config_file} with overrides {list(opts)}: {e}") from e
     if cfg.MODEL.DEVICE.startswith("cuda") and not torch.cuda.is_available():
         raise InputError(
-            f"MODEL.DEVICE={cfg.MODEL.DEVICE}, but torch sees no GPU here; drop it to run on the CPU"
+            f"MODEL.DEVICE={cfg.MODEL.DEVICE}, but torch sees no GPU here; "
+            "run on the CPU with MODEL.DEVICE cpu"
         )
     if cfg.INPUT.FORMAT not in ("BGR", "RGB"):
         raise InputError(f"INPUT.FORMAT={cfg.INPUT.FORMAT}: predict reads images as RGB or BGR")

@@ -13,8 +13,8 @@ from .data.user_datasets import add_register_coco_argument
 from .predict import (
     BatchPredictor,
     InputError,
-    collect_images,
     coco_results,
+    collect_images,
     dataset_image_ids,
     load_model,
     output_paths,

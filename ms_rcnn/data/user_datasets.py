@@ -161,7 +161,8 @@ def check_config_datasets(cfg, registered: Sequence[str]) -> None:
     for name in registered:
         if name not in used:
             logger.warning(
-                f"--register-coco {name}: the config does not use it (DATASETS.TRAIN={tuple(cfg.DATASETS.TRAIN)}, DATASETS.TEST="
-                f"{tuple(cfg.DATASETS.TEST)}); add e.g. DATASETS.TRAIN \"('{name}',)\""
+                f"--register-coco {name}: the config does not use it (DATASETS.TRAIN="
+                f"{tuple(cfg.DATASETS.TRAIN)}, DATASETS.TEST={tuple(cfg.DATASETS.TEST)}); add "
+                f"e.g. DATASETS.TRAIN \"('{name}',)\""
             )
     check_num_classes(cfg, [n for n in registered if n in used])
