@@ -131,9 +131,10 @@ def test_num_classes_smaller_than_the_json_is_an_error(tmp_path, names):
 
     json_file, image_root = write_coco(tmp_path)
     names.append("rc_three")
-    args = setup_args(tmp_path, [["rc_three", json_file, image_root]],
-                      "DATASETS.TRAIN", "('rc_three',)", "MODEL.ROI_HEADS.NUM_CLASSES", "2")  # fmt: skip
-    with pytest.raises(ValueError, match=r"MODEL.ROI_HEADS.NUM_CLASSES=2, but dataset rc_three has 3 categories"):  # fmt: skip
+    opts = ["DATASETS.TRAIN", "('rc_three',)", "MODEL.ROI_HEADS.NUM_CLASSES", "2"]
+    args = setup_args(tmp_path, [["rc_three", json_file, image_root]], *opts)
+    expected = r"MODEL.ROI_HEADS.NUM_CLASSES=2, but dataset rc_three has 3 categories"
+    with pytest.raises(ValueError, match=expected):
         setup(args)
     assert not (tmp_path / "out").exists()  # refused before anything was set up
 
@@ -145,7 +146,8 @@ def test_num_classes_larger_is_a_warning_and_unused_datasets_are_named(tmp_path,
 
     json_file, image_root = write_coco(tmp_path)
     names.extend(["rc_train", "rc_spare"])
-    register_coco_datasets([("rc_train", json_file, image_root), ("rc_spare", json_file, image_root)])  # fmt: skip
+    register_coco_datasets([("rc_train", json_file, image_root)])
+    register_coco_datasets([("rc_spare", json_file, image_root)])
     cfg = get_cfg()
     cfg.DATASETS.TRAIN, cfg.DATASETS.TEST = ("rc_train",), ()
     cfg.MODEL.ROI_HEADS.NUM_CLASSES = 5
