@@ -22,7 +22,6 @@ from .predict import (
     prediction_metadata,
     register_for_prediction,
 )
-from .visualize import RankedVisualizer, rank_detections
 
 __all__ = ["build_parser", "main", "run"]
 
@@ -88,6 +87,8 @@ def run(args) -> int:
     """Predict, draw and save; returns the exit status (1 when no input could be read)."""
     from tqdm import tqdm
 
+    from .visualize import RankedVisualizer, rank_detections
+
     if args.batch_size < 1:
         raise InputError(f"--batch-size {args.batch_size}: must be at least 1")
     if not 0.0 <= args.confidence_threshold <= 1.0:
@@ -142,6 +143,15 @@ def _save_image(rgb, path: str) -> None:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
+    try:
+        import cv2  # noqa: F401
+    except ImportError:
+        print(
+            "predict.py: error: drawing needs OpenCV (Detectron2's Visualizer uses it): "
+            "pip install opencv-python-headless",
+            file=sys.stderr,
+        )
+        return 2
     from detectron2.utils.logger import setup_logger
 
     setup_logger(name="fvcore")
