@@ -31,6 +31,8 @@ __all__ = [
     "InputError",
     "BatchPredictor",
     "collect_images",
+    "output_paths",
+    "register_for_prediction",
     "predict_config",
     "load_model",
     "prediction_metadata",
@@ -253,6 +255,7 @@ class BatchPredictor:
 
 
 def register_for_prediction(specs) -> list[str]:
+    """`register_coco_datasets`, its errors reported as InputError (no traceback)."""
     try:
         return register_coco_datasets(specs)
     except (ValueError, OSError) as e:
