@@ -39,6 +39,10 @@ setup(
         "pycocotools>=2.0.2",
         "fvcore",
         "matplotlib",
+        # tools/predict.py: Detectron2's Visualizer turns masks into contours with OpenCV (which
+        # Detectron2 does not require); headless, as drawing to files needs no GUI libraries.
+        "opencv-python-headless",
+        "tqdm",  # tools/predict.py's progress bar (fvcore depends on it already)
     ],
     extras_require={
         # COCO evaluation 3-6x faster than pycocotools' when Detectron2 has no compiled ops,

@@ -20,6 +20,7 @@ from . import data  # noqa: F401  (registers the synthetic_shapes datasets for Y
 from .box_predictor import SoftNMSFastRCNNOutputLayers
 from .checkpoint import MSRCNNCheckpointer
 from .config import add_ms_rcnn_config
+from .data.user_datasets import check_config_datasets, register_coco_from_args
 from .evaluation import build_ms_rcnn_evaluator, save_eval_results
 from .tta import MaskScoringRCNNWithTTA, check_tta_supported
 
@@ -147,7 +148,12 @@ class Trainer(DefaultTrainer):
 
 
 def setup(args):
-    """Config from `args.config_file` and trailing `KEY VALUE` overrides, then default_setup."""
+    """Config from `args.config_file` and trailing `KEY VALUE` overrides, then default_setup.
+
+    Datasets given with --register-coco are registered first, here rather than in the command
+    line script, so that every worker process started by `launch` registers them too.
+    """
+    registered = register_coco_from_args(args)
     cfg = get_cfg()
     add_ms_rcnn_config(cfg)
     if not args.config_file:
@@ -160,6 +166,7 @@ def setup(args):
         raise ValueError(
             f"MODEL.DEVICE={cfg.MODEL.DEVICE}, but torch sees no GPU here; add `MODEL.DEVICE cpu`"
         )
+    check_config_datasets(cfg, registered)
     cfg.freeze()
     default_setup(cfg, args)
     if cfg.MODEL.DEVICE == "cpu":

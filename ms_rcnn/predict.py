@@ -1,0 +1,262 @@
+"""Predict on image files, draw the detections, save them and a COCO results JSON.
+
+The library side of `tools/predict.py`: finding the images, the config and strictly loaded
+model, batched inference at the config's test size (what Detectron2's `DefaultPredictor` does,
+for several images per forward pass), ranking, and the COCO-format records. Drawing is in
+`ms_rcnn.visualize`, the command line in `ms_rcnn.predict_cli`.
+"""
+
+from __future__ import annotations
+
+import glob
+import logging
+import os
+from typing import Iterable, Optional, Sequence
+
+import numpy as np
+import torch
+from detectron2.config import get_cfg
+from detectron2.data import MetadataCatalog
+from detectron2.data import transforms as T
+from detectron2.evaluation.coco_evaluation import instances_to_coco_json
+from detectron2.modeling import build_model
+
+from .checkpoint import MSRCNNCheckpointer
+from .config import add_ms_rcnn_config
+from .data.user_datasets import check_num_classes, register_coco_datasets
+from .evaluation.coco_evaluation import add_score_fields
+
+__all__ = [
+    "IMAGE_EXTENSIONS",
+    "InputError",
+    "BatchPredictor",
+    "collect_images",
+    "output_paths",
+    "register_for_prediction",
+    "predict_config",
+    "load_model",
+    "prediction_metadata",
+    "dataset_image_ids",
+    "coco_results",
+]
+
+logger = logging.getLogger(__name__)
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
+_GLOB_CHARS = ("*", "?", "[")
+
+
+class InputError(Exception):
+    """A problem with what the user gave (paths, config, weights): reported without traceback."""
+
+
+def _is_image(path: str) -> bool:
+    return path.lower().endswith(IMAGE_EXTENSIONS)
+
+
+def collect_images(inputs: Iterable[str]) -> list[str]:
+    """Image files named by `inputs`: files, folders (their images, sorted, not recursive) and
+    globs (sorted matches; folders among them expanded too). Duplicates are dropped.
+
+    Raises:
+        InputError: a path that does not exist or cannot be read, a glob that matches nothing,
+            a folder without images (each naming the path).
+    """
+    found: list[str] = []
+    for given in inputs:
+        if any(c in given for c in _GLOB_CHARS) and not os.path.exists(given):
+            matches = sorted(glob.glob(given, recursive=True))
+            if not matches:
+                raise InputError(f"--input {given}: no file matches")
+        else:
+            matches = [given]
+        for path in matches:
+            if os.path.isdir(path):
+                images = sorted(os.path.join(path, f) for f in os.listdir(path) if _is_image(f))
+                images = [p for p in images if os.path.isfile(p)]
+                if not images and path == given:
+                    raise InputError(
+                        f"--input {given}: folder holds no image ({', '.join(IMAGE_EXTENSIONS)})"
+                    )
+                found.extend(images)
+            elif not os.path.exists(path):
+                raise InputError(f"--input {path}: no such file or folder")
+            elif path == given or _is_image(path):  # a glob's other files are not inputs
+                found.append(path)
+    for path in found:
+        try:
+            with open(path, "rb"):
+                pass
+        except OSError as e:
+            raise InputError(f"--input {path}: cannot be read ({e.strerror or e})") from e
+    return list(dict.fromkeys(os.path.normpath(p) for p in found))
+
+
+def output_paths(images: Sequence[str], output_dir: str) -> list[str]:
+    """The drawn image's path for each input: same file name, in `output_dir`.
+
+    Raises:
+        InputError: two inputs with the same file name, or an output that would overwrite
+            its input.
+    """
+    outputs, seen = [], {}
+    for path in images:
+        name = os.path.basename(path)
+        if name in seen:
+            raise InputError(
+                f"--input {seen[name]} and {path} would both be drawn to "
+                f"{os.path.join(output_dir, name)}; predict the two folders into separate --output"
+            )
+        seen[name] = path
+        out = os.path.join(output_dir, name)
+        if os.path.exists(out) and os.path.samefile(out, path):
+            raise InputError(
+                f"--output {output_dir} holds the input {path}: it would be drawn over"
+            )
+        outputs.append(out)
+    return outputs
+
+
+def predict_config(config_file: str, opts: Sequence[str], confidence_threshold: float):
+    """The config for prediction: CPU unless MODEL.DEVICE says otherwise, and the class-score
+    threshold set to `confidence_threshold`, as Detectron2's demo does.
+
+    Raising SCORE_THRESH_TEST to the threshold never drops a detection the ranking keeps: the
+    ranking score is the class score, or the class score times a predicted IoU in [0, 1]; and
+    a box scoring below the threshold cannot suppress one scoring above it, in hard or Soft-NMS.
+    """
+    if not os.path.isfile(config_file):
+        raise InputError(f"--config-file {config_file}: no such file")
+    cfg = get_cfg()
+    add_ms_rcnn_config(cfg)
+    cfg.MODEL.DEVICE = "cpu"  # Detectron2's default is "cuda"; a config or `MODEL.DEVICE cuda` wins
+    try:
+        cfg.merge_from_file(config_file)
+        cfg.merge_from_list(list(opts))
+    except (KeyError, ValueError, AssertionError) as e:  # yacs' errors for unknown keys/values
+        raise InputError(f"config {config_file} with overrides {list(opts)}: {e}") from e
+    if cfg.MODEL.DEVICE.startswith("cuda") and not torch.cuda.is_available():
+        raise InputError(
+            f"MODEL.DEVICE={cfg.MODEL.DEVICE}, but torch sees no GPU here; "
+            "run on the CPU with MODEL.DEVICE cpu"
+        )
+    if cfg.INPUT.FORMAT not in ("BGR", "RGB"):
+        raise InputError(f"INPUT.FORMAT={cfg.INPUT.FORMAT}: predict reads images as RGB or BGR")
+    cfg.MODEL.ROI_HEADS.SCORE_THRESH_TEST = confidence_threshold
+    cfg.freeze()
+    return cfg
+
+
+def load_model(cfg):
+    """Build the model and load MODEL.WEIGHTS strictly, as --eval-only does: every layer must
+    be in the file with the model's shape (a predictor with re-initialized layers would draw
+    random boxes)."""
+    weights = cfg.MODEL.WEIGHTS
+    if not weights:
+        raise InputError("no weights: set MODEL.WEIGHTS path/to/model_final.pth")
+    if "://" not in weights and not os.path.isfile(weights):
+        raise InputError(f"MODEL.WEIGHTS {weights}: no such file")
+    model = build_model(cfg)
+    model.eval()
+    try:
+        MSRCNNCheckpointer(model, strict=True).load(weights, checkpointables=[])
+    except (ValueError, RuntimeError) as e:
+        raise InputError(str(e)) from e
+    return model
+
+
+def prediction_metadata(cfg, registered: Sequence[str]):
+    """The metadata giving class names and dataset ids: a --register-coco dataset (the config's
+    test dataset if it is one of them, else the first), else DATASETS.TEST[0]."""
+    test = list(cfg.DATASETS.TEST)
+    if registered:
+        name = test[0] if test and test[0] in registered else registered[0]
+    elif test:
+        name = test[0]
+    else:
+        logger.warning("No DATASETS.TEST and no --register-coco: classes shown by their index")
+        return MetadataCatalog.get("__unused__"), None
+    meta = MetadataCatalog.get(name)
+    if not meta.get("thing_classes"):
+        logger.warning(
+            f"Dataset {name} has no class names registered: classes shown by their index "
+            "(register it with --register-coco NAME JSON IMAGE_ROOT)"
+        )
+        return meta, name
+    try:
+        check_num_classes(cfg, [name])
+    except ValueError as e:
+        raise InputError(str(e)) from e
+    return meta, name
+
+
+def dataset_image_ids(meta, images: Sequence[str]) -> Optional[dict[str, int]]:
+    """Each image's id in the metadata's COCO JSON, if every image is one of that dataset's;
+    then predictions.json can be evaluated against it directly. Otherwise None."""
+    json_file, image_root = meta.get("json_file"), meta.get("image_root")
+    if not json_file or not image_root or not os.path.isfile(json_file):
+        return None
+    root = os.path.realpath(image_root)
+    real = [os.path.realpath(p) for p in images]
+    if not all(p.startswith(root + os.sep) for p in real):
+        return None  # checked first: reading a large JSON for nothing would be slow
+    from .data.coco_checks import read_coco_json
+
+    by_path = {
+        os.path.realpath(os.path.join(image_root, im["file_name"])): im["id"]
+        for im in read_coco_json(json_file)["images"]
+    }
+    if not all(p in by_path for p in real):
+        return None
+    return {path: by_path[p] for path, p in zip(images, real)}
+
+
+def coco_results(instances, image_id: int, file_name: str, dataset_ids=None) -> list[dict]:
+    """COCO results records of one image's ranked detections, in their order: Detectron2's
+    `instances_to_coco_json` (bbox XYWH, RLE segmentation, class score) plus `file_name`,
+    `mask_score` and `pred_maskiou`, with the dataset's category ids when known."""
+    records = instances_to_coco_json(instances.to("cpu"), image_id)
+    add_score_fields(records, instances)
+    reverse = {v: k for k, v in dataset_ids.items()} if dataset_ids else None
+    for record in records:
+        record["file_name"] = file_name
+        if reverse is not None:
+            record["category_id"] = reverse[record["category_id"]]
+    return records
+
+
+class BatchPredictor:
+    """What `DefaultPredictor` does, for a list of images per forward pass: resize to the
+    test size (INPUT.MIN_SIZE_TEST / MAX_SIZE_TEST), run the model, return instances at the
+    images' own size.
+
+    Images of different sizes in one batch are zero-padded to a common size; with GroupNorm
+    in the backbone the padding can shift scores slightly, as in Detectron2's batched
+    evaluation. Use batch size 1 for results independent of the batch.
+    """
+
+    def __init__(self, cfg, model):
+        self.model = model
+        self.input_format = cfg.INPUT.FORMAT
+        self.resize = T.ResizeShortestEdge(
+            [cfg.INPUT.MIN_SIZE_TEST, cfg.INPUT.MIN_SIZE_TEST], cfg.INPUT.MAX_SIZE_TEST
+        )
+
+    def __call__(self, images_rgb: Sequence[np.ndarray]) -> list:
+        inputs = []
+        for rgb in images_rgb:
+            image = rgb[:, :, ::-1] if self.input_format == "BGR" else rgb
+            height, width = image.shape[:2]
+            resized = self.resize.get_transform(image).apply_image(image)
+            tensor = torch.as_tensor(np.ascontiguousarray(resized.transpose(2, 0, 1)))
+            inputs.append({"image": tensor, "height": height, "width": width})
+        with torch.no_grad():
+            return [out["instances"].to("cpu") for out in self.model(inputs)]
+
+
+def register_for_prediction(specs) -> list[str]:
+    """`register_coco_datasets`, its errors reported as InputError (no traceback)."""
+    try:
+        return register_coco_datasets(specs)
+    except (ValueError, OSError) as e:
+        raise InputError(str(e)) from e

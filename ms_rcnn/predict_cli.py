@@ -1,0 +1,164 @@
+"""Command line of `tools/predict.py`: predict on images, draw, save the COCO results."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from typing import Optional, Sequence
+
+from .data.user_datasets import add_register_coco_argument
+from .predict import (
+    BatchPredictor,
+    InputError,
+    coco_results,
+    collect_images,
+    dataset_image_ids,
+    load_model,
+    output_paths,
+    predict_config,
+    prediction_metadata,
+    register_for_prediction,
+)
+
+__all__ = ["build_parser", "main", "run"]
+
+logger = logging.getLogger(__name__)
+
+PREDICTIONS_FILE = "predictions.json"
+
+EXAMPLES = """examples:
+  predict.py --config-file output/ms/config.yaml --input photos/ --output drawn/ \\
+      MODEL.WEIGHTS output/ms/model_final.pth
+  predict.py --config-file CFG --input 'shots/*.jpg' a.png --output drawn/ \\
+      --register-coco mine_val val.json images/ MODEL.WEIGHTS model.pth MODEL.DEVICE cuda
+"""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="predict.py",
+        description="Predict with a trained Mask R-CNN or MS R-CNN: one drawn image per input "
+        "(same file name, same size) and OUTPUT/predictions.json (COCO results, with "
+        "mask_score and pred_maskiou). Detections are ranked by mask_scores when the model has "
+        "them, else by the class score.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=EXAMPLES,
+    )
+    parser.add_argument("--config-file", required=True, metavar="FILE", help="model config")
+    parser.add_argument(
+        "--input",
+        required=True,
+        nargs="+",
+        metavar="PATH",
+        help="image files, folders (their images) or quoted globs",
+    )
+    parser.add_argument("--output", required=True, metavar="DIR", help="folder to write to")
+    parser.add_argument(
+        "--confidence-threshold",
+        type=float,
+        default=0.5,
+        metavar="T",
+        help="keep detections whose ranking score (mask_score, or the class score) is above T "
+        "(default: %(default)s)",
+    )
+    parser.add_argument(
+        "--batch-size", type=int, default=4, help="images per forward pass (default: %(default)s)"
+    )
+    add_register_coco_argument(parser)
+    parser.add_argument(
+        "opts",
+        nargs=argparse.REMAINDER,
+        metavar="KEY VALUE",
+        help="config overrides, e.g. MODEL.WEIGHTS model.pth MODEL.DEVICE cuda",
+    )
+    return parser
+
+
+def _read_rgb(path: str):
+    from detectron2.data.detection_utils import read_image
+
+    return read_image(path, format="RGB")
+
+
+def run(args) -> int:
+    """Predict, draw and save; returns the exit status (1 when no input could be read)."""
+    from tqdm import tqdm
+
+    from .visualize import RankedVisualizer, rank_detections
+
+    if args.batch_size < 1:
+        raise InputError(f"--batch-size {args.batch_size}: must be at least 1")
+    if not 0.0 <= args.confidence_threshold <= 1.0:
+        raise InputError(f"--confidence-threshold {args.confidence_threshold}: must be in [0, 1]")
+    images = collect_images(args.input)
+    outputs = output_paths(images, args.output)
+    registered = register_for_prediction(args.register_coco)
+    cfg = predict_config(args.config_file, args.opts or [], args.confidence_threshold)
+    meta, _ = prediction_metadata(cfg, registered)
+    ids = dataset_image_ids(meta, images) or {p: i for i, p in enumerate(images, 1)}
+    predictor = BatchPredictor(cfg, load_model(cfg))
+    class_names = meta.get("thing_classes")
+    dataset_ids = meta.get("thing_dataset_id_to_contiguous_id")
+
+    os.makedirs(args.output, exist_ok=True)
+    records, skipped, done = [], [], 0
+    with tqdm(total=len(images), unit="img", disable=len(images) < 2, file=sys.stderr) as progress:
+        for start in range(0, len(images), args.batch_size):
+            batch = []
+            for k in range(start, min(start + args.batch_size, len(images))):
+                try:
+                    batch.append((k, _read_rgb(images[k])))
+                except (OSError, ValueError, SyntaxError) as e:  # what Pillow raises on bad data
+                    logger.warning(f"Skipping {images[k]}: not a readable image ({e})")
+                    skipped.append(images[k])
+                    progress.update(1)
+            if not batch:
+                continue
+            for (k, rgb), instances in zip(batch, predictor([rgb for _, rgb in batch])):
+                ranked = rank_detections(instances, args.confidence_threshold)
+                drawn = RankedVisualizer(rgb, meta).draw_ranked_instances(ranked, class_names)
+                _save_image(drawn.get_image(), outputs[k])
+                records += coco_results(ranked, ids[images[k]], images[k], dataset_ids)
+                done += 1
+                progress.update(1)
+
+    path = os.path.join(args.output, PREDICTIONS_FILE)
+    with open(path, "w") as f:
+        json.dump(records, f)
+    print(f"Drew {done} image(s) into {args.output}; {len(records)} detection(s) in {path}")
+    if skipped:
+        print(f"Skipped {len(skipped)} unreadable image(s): {', '.join(skipped)}")
+    return 0 if done else 1
+
+
+def _save_image(rgb, path: str) -> None:
+    from PIL import Image
+
+    options = {"quality": 95} if path.lower().endswith((".jpg", ".jpeg")) else {}
+    Image.fromarray(rgb).save(path, **options)
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        import cv2  # noqa: F401
+    except ImportError:
+        print(
+            "predict.py: error: drawing needs OpenCV (Detectron2's Visualizer uses it): "
+            "pip install opencv-python-headless",
+            file=sys.stderr,
+        )
+        return 2
+    from detectron2.utils.logger import setup_logger
+
+    setup_logger(name="fvcore")
+    setup_logger(name="detectron2", abbrev_name="d2")
+    setup_logger(name="ms_rcnn")
+    try:
+        return run(args)
+    except InputError as e:
+        print(f"predict.py: error: {e}", file=sys.stderr)
+        return 2
