@@ -8,16 +8,20 @@ PY := $(VENV)/bin/python
 PIP := $(PY) -m pip --disable-pip-version-check
 STAMPS := $(VENV)/.stamps
 PYTEST_ARGS ?=
+DETECTRON2_TESTS ?=
+UPSTREAM_EXPECTED ?= tests/upstream/expected_failures_v0.6.txt
 DEMO_ITERS ?=
 DEMO_SEEDS ?= 1
 
-.PHONY: setup test lint format demo clean-venv help
+.PHONY: setup test test-upstream lint format demo clean-venv help
 
 help:
 	@echo "make setup   create $(VENV) with torch, Detectron2 and ms-rcnn (idempotent)"
 	@echo "make test    setup, lint, then the test suite"
 	@echo "make demo    setup, then train and compare Mask R-CNN vs MS R-CNN on generated data"
 	@echo "make lint    ruff check + ruff format --check"
+	@echo "make test-upstream DETECTRON2_TESTS=path/to/detectron2/tests"
+	@echo "             Detectron2's own tests against the installed one, vs $(UPSTREAM_EXPECTED)"
 	@echo "make format  apply ruff's fixes and formatting"
 
 setup: $(STAMPS)/package
@@ -48,6 +52,11 @@ format: setup
 
 test: lint
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+# Upstream's suite takes ~6 min on 2 cores; one thread per process keeps it from oversubscribing.
+test-upstream: setup
+	@test -n "$(DETECTRON2_TESTS)" || { echo "usage: make test-upstream DETECTRON2_TESTS=path/to/detectron2/tests" >&2; exit 2; }
+	OMP_NUM_THREADS=$${OMP_NUM_THREADS:-1} $(PY) scripts/check_upstream_tests.py $(DETECTRON2_TESTS) --expected $(UPSTREAM_EXPECTED)
 
 demo: setup
 	$(PY) tools/demo.py --seeds $(DEMO_SEEDS) $(if $(DEMO_ITERS),--iters $(DEMO_ITERS),)
