@@ -18,6 +18,7 @@ out), and test ids relative to the tests folder's parent (`tests/data/test_x.py:
 A failure no entry matches, an entry whose tests now pass, or an entry that matches no test at
 all is reported, and the command exits with status 1. Collection and setup errors count as
 failures. The summary (passed / skipped / failed by category) is printed as a Markdown table.
+pytest prints one line per traceback; add `-- --tb=short` for more.
 
 This module is also the pytest plugin (`-p check_upstream_tests`) that records each outcome.
 """
@@ -112,7 +113,7 @@ def run_suite(tests_dir, pytest_args):
         env.setdefault("OMP_NUM_THREADS", "1")
         cmd = [sys.executable, "-m", "pytest", "tests", "-p", "check_upstream_tests",
                "-p", "no:cacheprovider", f"--rootdir={tmp}", "--continue-on-collection-errors",
-               "-q", *pytest_args]  # fmt: skip
+               "-q", "--tb=line", *pytest_args]  # fmt: skip
         print("running:", " ".join(cmd), f"(in {tmp})", flush=True)
         subprocess.run(cmd, cwd=tmp, env=env)  # its exit status is judged against the list
         if not results.exists():
