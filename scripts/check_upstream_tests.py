@@ -60,8 +60,11 @@ def pytest_runtest_logreport(report):
 
 
 def pytest_collectreport(report):
+    # A module that fails to import, or skips itself as a whole (pytest.skip at module level).
     if report.failed:
         _record(report.nodeid, "error")
+    elif report.skipped:
+        _record(report.nodeid, "skipped")
 
 
 # --- the checker ---
@@ -113,7 +116,7 @@ def run_suite(tests_dir, pytest_args):
         env.setdefault("OMP_NUM_THREADS", "1")
         cmd = [sys.executable, "-m", "pytest", "tests", "-p", "check_upstream_tests",
                "-p", "no:cacheprovider", f"--rootdir={tmp}", "--continue-on-collection-errors",
-               "-q", "--tb=line", *pytest_args]  # fmt: skip
+               "-q", "--tb=line", "--show-capture=no", *pytest_args]  # fmt: skip
         print("running:", " ".join(cmd), f"(in {tmp})", flush=True)
         subprocess.run(cmd, cwd=tmp, env=env)  # its exit status is judged against the list
         if not results.exists():

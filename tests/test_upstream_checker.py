@@ -61,6 +61,9 @@ def suite(tmp_path_factory):
         )
     )
     (tests / "test_broken_import.py").write_text("import caffe2_is_gone\n")
+    (tests / "test_skips_itself.py").write_text(
+        "import pytest\n\npytest.skip('no caffe2', allow_module_level=True)\n"
+    )
     # A checkout's own (uninstalled) package beside tests/ must never be the one tested.
     (tests.parent / "detectron2").mkdir()
     (tests.parent / "detectron2" / "__init__.py").write_text("raise ImportError('checkout')\n")
@@ -92,6 +95,7 @@ def test_outcomes_of_each_test(outcomes):
         "tests/layers/test_ops.py::test_download": "error",
         "tests/layers/test_ops.py::test_flaky_fixed": "passed",
         "tests/test_broken_import.py": "error",
+        "tests/test_skips_itself.py": "skipped",
     }
 
 
@@ -106,9 +110,9 @@ def test_all_failures_listed_passes(main_on_suite, tmp_path, capsys):
     )
     assert main_on_suite(expected) == 0
     out = capsys.readouterr().out
-    assert "| passed | 2 |" in out and "| skipped | 1 |" in out
+    assert "| passed | 2 |" in out and "| skipped | 2 |" in out
     assert "| failed: compiled-op | 1 |" in out and "| failed: caffe2 | 1 |" in out
-    assert "| total | 6 |" in out
+    assert "| total | 7 |" in out
 
 
 def test_new_failure_and_fixed_entry_are_reported(main_on_suite, tmp_path, capsys):
