@@ -92,6 +92,13 @@ def __getattr__(name):
     )
 '''
 
+NUMPY_ALIAS = re.compile(r"\bnp\.(bool|int|float|str|object)\b(?!_)")
+
+MODEL_ZOO_OLD = """    cfg_file = pkg_resources.resource_filename(
+        "detectron2.model_zoo", os.path.join("configs", config_path)
+    )"""
+MODEL_ZOO_NEW = """    cfg_file = os.path.join(os.path.dirname(__file__), "configs", config_path)"""
+
 SETUP_REPLACEMENTS = [
     ("    ext_modules=get_extensions(),\n", ""),
     ('    cmdclass={"build_ext": torch.utils.cpp_extension.BuildExtension},\n', ""),
@@ -102,6 +109,15 @@ SETUP_REPLACEMENTS = [
         'package_data={"detectron2.model_zoo": ["configs/**/*.yaml", "configs/**/*.py"]}',
     ),
 ]
+
+
+EXPORT_OPTIONAL_CAFFE2 = """try:
+    from caffe2.proto import caffe2_pb2 as _caffe2_pb2  # noqa: F401  (only for caffe2 export)
+except ImportError:
+    pass
+else:
+    from .api import *
+"""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -151,31 +167,14 @@ COMPAT_FIXES = (
     Fix("detectron2/data/transforms/transform.py", "Image.LINEAR", "Image.BILINEAR"),
     # np.bool/np.int/np.float/np.str/np.object were removed in NumPy 1.24 (every polygon-mask
     # rasterization). Upstream: 857d5de2 "np.bool -> bool", 027099d3, 54dd614e, 654570a2.
-    RegexFix(
-        "detectron2/**/*.py", re.compile(r"\bnp\.(bool|int|float|str|object)\b(?!_)"), r"\1", 10
-    ),
+    RegexFix("detectron2/**/*.py", NUMPY_ALIAS, r"\1", min_count=10),
     # detectron2.export imports Caffe2 (gone from torch 2) on import, which TracingAdapter and
     # FlopCountAnalysis need. Upstream: d29378aa "deprecate some more caffe2 stuff" (optional).
-    Fix(
-        "detectron2/export/__init__.py",
-        "from .api import *\n",
-        "try:\n"
-        "    from caffe2.proto import caffe2_pb2 as _caffe2_pb2  # noqa: F401\n"
-        "except ImportError:\n"
-        "    pass\n"
-        "else:\n"
-        "    from .api import *\n",
-    ),
+    Fix("detectron2/export/__init__.py", "from .api import *\n", EXPORT_OPTIONAL_CAFFE2),
     # pkg_resources is gone with setuptools >= 81. Upstream main has NOT fixed this (it still
     # imports pkg_resources; open PRs only): find the configs next to the module instead.
     Fix("detectron2/model_zoo/model_zoo.py", "import pkg_resources\n", ""),
-    Fix(
-        "detectron2/model_zoo/model_zoo.py",
-        "    cfg_file = pkg_resources.resource_filename(\n"
-        '        "detectron2.model_zoo", os.path.join("configs", config_path)\n'
-        "    )",
-        '    cfg_file = os.path.join(os.path.dirname(__file__), "configs", config_path)',
-    ),
+    Fix("detectron2/model_zoo/model_zoo.py", MODEL_ZOO_OLD, MODEL_ZOO_NEW),
     # Python >= 3.11: random.sample no longer accepts a set, so MapDataset crashes as soon as a
     # mapper returns None (a skipped sample). Upstream: 400a49c1 "random sample from set".
     Fix(
