@@ -8,13 +8,15 @@ PY := $(VENV)/bin/python
 PIP := $(PY) -m pip --disable-pip-version-check
 STAMPS := $(VENV)/.stamps
 PYTEST_ARGS ?=
+DETECTRON2_TESTS ?=
+UPSTREAM_EXPECTED ?= tests/upstream/expected_failures_v0.6.txt
 DEMO_ITERS ?=
 DEMO_SEEDS ?= 1
 # make test-main: a Detectron2 checkout (e.g. upstream main) and the venv it goes into.
 DETECTRON2_SRC ?=
 VENV_MAIN ?= .venv-main
 
-.PHONY: setup test test-main lint format demo clean-venv help FORCE
+.PHONY: setup test test-main test-upstream lint format demo clean-venv help FORCE
 
 help:
 	@echo "make setup   create $(VENV) with torch, Detectron2 and ms-rcnn (idempotent)"
@@ -23,6 +25,8 @@ help:
 	@echo "             the suite and a train/kill/resume/eval cycle on that Detectron2 checkout"
 	@echo "make demo    setup, then train and compare Mask R-CNN vs MS R-CNN on generated data"
 	@echo "make lint    ruff check + ruff format --check"
+	@echo "make test-upstream DETECTRON2_TESTS=path/to/detectron2/tests"
+	@echo "             Detectron2's own tests against the installed one, vs $(UPSTREAM_EXPECTED)"
 	@echo "make format  apply ruff's fixes and formatting"
 
 setup: $(STAMPS)/package
@@ -81,6 +85,11 @@ test-main:
 	$(MAKE) setup VENV=$(VENV_MAIN) DETECTRON2_SRC=$(abspath $(DETECTRON2_SRC))
 	$(VENV_MAIN)/bin/python -m pytest $(PYTEST_ARGS)
 	$(VENV_MAIN)/bin/python scripts/check_resume_cycle.py
+
+# Upstream's suite takes ~6 min on 2 cores; one thread per process keeps it from oversubscribing.
+test-upstream: setup
+	@test -n "$(DETECTRON2_TESTS)" || { echo "usage: make test-upstream DETECTRON2_TESTS=path/to/detectron2/tests" >&2; exit 2; }
+	OMP_NUM_THREADS=$${OMP_NUM_THREADS:-1} $(PY) scripts/check_upstream_tests.py $(DETECTRON2_TESTS) --expected $(UPSTREAM_EXPECTED)
 
 demo: setup
 	$(PY) tools/demo.py --seeds $(DEMO_SEEDS) $(if $(DEMO_ITERS),--iters $(DEMO_ITERS),)

@@ -3,20 +3,21 @@
 
 Detectron2 publishes nothing on PyPI. This script, run by `make setup`:
 
-1. keeps an already working Detectron2 (for example one built from an upstream git checkout);
-2. otherwise downloads PyPI's `pb1-detectron2` sdist (upstream v0.6's Python package without
+1. installs the libraries Detectron2 imports only where it needs them and does not declare:
+   OpenCV (`Visualizer`, `detectron2.projects.point_rend`, rotation augmentation) as
+   `opencv-python-headless`, unless some OpenCV already imports, and shapely (polygon crops);
+   fvcore is brought to the range in constraints.txt;
+2. keeps an already working Detectron2 (for example one built from an upstream git checkout),
+   unless it is a fallback built by an older version of this script (see FALLBACK_FINGERPRINT);
+3. otherwise downloads PyPI's `pb1-detectron2` sdist (upstream v0.6's Python package without
    `detectron2/layers/csrc/`), checks its sha256, and builds it with these changes:
    - no compiled extension; `detectron2/_C.py` stands in for it. It answers the version queries
      of `collect_env` and raises an error naming the missing op for anything else. Mask R-CNN on
      axis-aligned boxes never calls `_C` (it uses torchvision's roi_align and nms);
-   - the v0.6 lines that fail on today's libraries, fixed the way upstream main fixed them:
-     `np.bool`/`np.int`/`np.float`/`np.str` (removed in NumPy 1.24) become the builtins,
-     `Image.LINEAR` (removed in Pillow 10) becomes `Image.BILINEAR`, the model-zoo configs are
-     installed as package data, the `black==21.4b2` pin (which no longer imports with
-     current click) is relaxed as upstream did, and `detectron2.export` imports caffe2 (gone
-     from torch 2) only if it is there, so TracingAdapter and FlopCountAnalysis import;
-   - `pkg_resources` (gone with setuptools >= 81) no longer used to find model-zoo configs.
-     Upstream main has not fixed this (it still imports it as of 02b5c4e2).
+   - the model-zoo configs installed as package data (the sdist's setup.py looks for them where
+     the sdist does not have them);
+   - COMPAT_FIXES: the v0.6 lines that fail on today's Python, NumPy, Pillow, setuptools and
+     torch, each fixed the way upstream main fixed it (or, where main has not, said so).
 
 With `--source PATH`, it builds that Detectron2 checkout (e.g. upstream main) the same way:
 no compiled ops, and the fixes the checkout still needs (see `patch_checkout`).
@@ -29,7 +30,9 @@ Usage: python scripts/install_detectron2.py [--force] [--source PATH]
 """
 
 import argparse
+import dataclasses
 import hashlib
+import json
 import pathlib
 import re
 import shutil
@@ -166,7 +169,8 @@ SETUP_NO_EXTENSION = [
 
 SETUP_REPLACEMENTS = [
     *SETUP_NO_EXTENSION,
-    ('"black==21.4b2"', '"black"'),
+    # The sdist has the model-zoo configs under detectron2/model_zoo/configs/, but its setup.py
+    # collects them from a top-level configs/ it lacks (a packaging gap of this sdist only).
     (
         'package_data={"detectron2.model_zoo": get_model_zoo_configs()}',
         'package_data={"detectron2.model_zoo": ["configs/**/*.yaml", "configs/**/*.py"]}',
@@ -183,8 +187,154 @@ else:
 """
 
 
+@dataclasses.dataclass(frozen=True)
+class Fix:
+    """Replace `old` by `new` in one file of the sdist, exactly `count` times."""
+
+    path: str
+    old: str
+    new: str
+    count: int = 1
+
+    def apply(self, src):
+        replace_exactly(src / self.path, self.old, self.new, self.count)
+
+
+@dataclasses.dataclass(frozen=True)
+class RegexFix:
+    """Substitute `pattern` by `repl` in every file matching `glob`; at least `min_count` hits."""
+
+    glob: str
+    pattern: re.Pattern
+    repl: str
+    min_count: int
+
+    def apply(self, src):
+        found = 0
+        for path in sorted(src.glob(self.glob)):
+            text, n = self.pattern.subn(self.repl, path.read_text())
+            if n:
+                path.write_text(text)
+                found += n
+        if found < self.min_count:  # fewer means the source is not what the fix was written for
+            raise SystemExit(
+                f"patch failed: {self.pattern.pattern!r} found {found}x in {self.glob}, "
+                f"expected at least {self.min_count}"
+            )
+
+
+# v0.6 lines that break on today's libraries. Each comment names what breaks and the upstream
+# change the fix mirrors (commit on facebookresearch/detectron2 main), or says main has none.
+COMPAT_FIXES = (
+    # setup.py pins black==21.4b2 (dev extra), which no longer imports with current click.
+    # Upstream: 45b3fcea "upgrade to black 22.3".
+    Fix("setup.py", '"black==21.4b2"', '"black"'),
+    # Image.LINEAR was removed in Pillow 10 (a default argument: fails at import).
+    # Upstream: ff53992b "fix PIL.LINEAR warning".
+    Fix("detectron2/data/transforms/transform.py", "Image.LINEAR", "Image.BILINEAR"),
+    # np.bool/np.int/np.float/np.str/np.object were removed in NumPy 1.24 (every polygon-mask
+    # rasterization). Upstream: 857d5de2 "np.bool -> bool", 027099d3, 54dd614e, 654570a2.
+    RegexFix("detectron2/**/*.py", NUMPY_ALIAS, r"\1", min_count=10),
+    # detectron2.export imports Caffe2 (gone from torch 2) on import, which TracingAdapter and
+    # FlopCountAnalysis need. Upstream: d29378aa "deprecate some more caffe2 stuff" (optional).
+    Fix("detectron2/export/__init__.py", "from .api import *\n", EXPORT_OPTIONAL_CAFFE2),
+    # pkg_resources is gone with setuptools >= 81. Upstream main has NOT fixed this (it still
+    # imports pkg_resources; open PRs only): find the configs next to the module instead.
+    Fix("detectron2/model_zoo/model_zoo.py", "import pkg_resources\n", ""),
+    Fix("detectron2/model_zoo/model_zoo.py", MODEL_ZOO_OLD, MODEL_ZOO_NEW),
+    # Python >= 3.11: random.sample no longer accepts a set, so MapDataset crashes as soon as a
+    # mapper returns None (a skipped sample). Upstream: 400a49c1 "random sample from set".
+    Fix(
+        "detectron2/data/common.py",
+        "self._rng.sample(self._fallback_candidates, k=1)",
+        "self._rng.sample(list(self._fallback_candidates), k=1)",
+    ),
+    # torch >= 2: StepLR and the other torch schedulers derive from LRScheduler, no longer from
+    # _LRScheduler, so hooks.LRScheduler neither saved nor restored their state and a resumed
+    # run restarted the schedule. Upstream: 21080971 "update to use
+    # torch.optim.lr_scheduler.LRScheduler" (PR #4709); here the base class is looked up in
+    # hooks.py itself rather than re-exported from detectron2.solver.
+    Fix(
+        "detectron2/engine/hooks.py",
+        "from detectron2.solver import LRMultiplier\n",
+        "from detectron2.solver import LRMultiplier\n\n"
+        "# torch < 2.0 has only the private name\n"
+        "_TORCH_LR_SCHEDULER = getattr(\n"
+        '    torch.optim.lr_scheduler, "LRScheduler", torch.optim.lr_scheduler._LRScheduler\n'
+        ")\n",
+    ),
+    Fix(
+        "detectron2/engine/hooks.py",
+        "isinstance(self.scheduler, torch.optim.lr_scheduler._LRScheduler)",
+        "isinstance(self.scheduler, _TORCH_LR_SCHEDULER)",
+        count=2,
+    ),
+    # Not patched here: v0.6 relies on fvcore for CropTransform.apply_polygons, which iterated a
+    # multi-part shapely geometry directly (an error on shapely 2) until fvcore
+    # 0.1.5.post20221213; constraints.txt requires that fvcore. Upstream only changed its test's
+    # polygon comparison (adc99638 "compare polygons correctly in unittests").
+)
+
+
+def fallback_fingerprint():
+    """Identifies what a fallback build contains: the sdist, the stand-in, every change made.
+
+    Written into the built `detectron2/_C.py`, so that a fallback built by an older version of
+    this script (other fixes, or none of this marker at all) is rebuilt instead of kept.
+    """
+    parts = [SDIST_SHA256, C_STANDIN, repr(SETUP_REPLACEMENTS), repr(COMPAT_FIXES)]
+    return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:16]
+
+
+FALLBACK_FINGERPRINT = fallback_fingerprint()
+
+# Run in the target interpreter: is the importable Detectron2 our fallback build (its `_C.py`
+# stand-in installed by the pb1-detectron2 distribution), and which fingerprint does it carry?
+# A Detectron2 installed any other way (an upstream checkout, a wheel) is never "ours". Reads
+# the files without importing Detectron2 (and torch): a second at most.
+FALLBACK_PROBE = f"""
+import importlib.metadata, importlib.util, json, os, re
+out = {{"fallback": False, "fingerprint": None}}
+spec = importlib.util.find_spec("detectron2")
+stand_in = os.path.join(list(spec.submodule_search_locations or [""])[0], "_C.py") if spec else ""
+try:
+    dist = importlib.metadata.distribution({SDIST_NAME!r})
+except importlib.metadata.PackageNotFoundError:
+    dist = None
+if dist is not None and os.path.isfile(stand_in):
+    text = open(stand_in).read()
+    if re.search(r"^PURE_PYTHON_STANDIN = True", text, re.M):
+        ours = os.path.realpath(str(dist.locate_file("detectron2/_C.py")))
+        out["fallback"] = ours == os.path.realpath(stand_in)
+        found = re.search(r"^FALLBACK_FINGERPRINT = '(\\w+)'", text, re.M)
+        out["fingerprint"] = found and found.group(1)
+print(json.dumps(out))
+"""
+
+# Detectron2 imports these lazily, where it needs them, and does not declare them. Module name
+# -> the package installed (with its constraints.txt pin) when the module does not import. A
+# user's own OpenCV build (opencv-python, opencv-contrib-python) is kept: a second OpenCV
+# package would overwrite its cv2.
+OPTIONAL_DEPENDENCIES = {"cv2": "opencv-python-headless", "shapely": "shapely"}
+
+# Detectron2 features that need the dependencies above; checked after installing.
+FEATURES_TEST = """
+import numpy as np
+from detectron2.utils.visualizer import Visualizer
+import detectron2.projects.point_rend
+from detectron2.data.transforms import CropTransform
+# A U whose two arms the crop separates: a multi-part intersection (fvcore + shapely 2).
+u_shape = np.array([[0, 0], [6, 0], [6, 6], [4, 6], [4, 2], [2, 2], [2, 6], [0, 6]], float)
+assert len(CropTransform(0, 3, 6, 3).apply_polygons([u_shape])) == 2
+"""
+
+
 def log(msg):
     print(f"[install_detectron2] {msg}", flush=True)
+
+
+def run_python(code):
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
 
 
 def run_smoke_test(root=ROOT, env=None):
@@ -264,6 +414,42 @@ def working_detectron2(just_installed=False):
     )
 
 
+def stale_fallback():
+    """True if the installed Detectron2 is a fallback built with other fixes than this script's."""
+    proc = run_python(FALLBACK_PROBE)
+    if proc.returncode != 0:
+        raise SystemExit("could not inspect the installed Detectron2:\n" + proc.stderr[-2000:])
+    probe = json.loads(proc.stdout.strip().splitlines()[-1])
+    if probe["fallback"] and probe["fingerprint"] != FALLBACK_FINGERPRINT:
+        log(
+            f"the installed {SDIST_NAME} fallback was built by an older version of this script "
+            f"(fingerprint {probe['fingerprint']}, now {FALLBACK_FINGERPRINT}); rebuilding it"
+        )
+        return True
+    return False
+
+
+def install_dependencies():
+    missing = [
+        package
+        for module, package in OPTIONAL_DEPENDENCIES.items()
+        if run_python(f"import {module}").returncode != 0
+    ]
+    # fvcore too: a kept Detectron2 may sit beside an fvcore older than constraints.txt allows.
+    pip("install", "-c", str(CONSTRAINTS), "fvcore", *missing)
+
+
+def check_features():
+    """Visualizer, PointRend and polygon crops work; a failure is fatal only for our build."""
+    proc = run_python(FEATURES_TEST)
+    if proc.returncode == 0:
+        return
+    msg = "Detectron2's Visualizer, PointRend or polygon crop fails:\n" + proc.stderr[-2000:]
+    if json.loads(run_python(FALLBACK_PROBE).stdout)["fallback"]:
+        raise SystemExit(msg)
+    log("warning (your own Detectron2 build is kept as it is): " + msg)
+
+
 def pinned_version():
     for line in CONSTRAINTS.read_text().splitlines():
         if line.startswith(SDIST_NAME + "=="):
@@ -287,29 +473,16 @@ def replace_exactly(path, old, new, count=1):
 
 def patch_source(src):
     pkg = src / "detectron2"
-    (pkg / "_C.py").write_text(C_STANDIN)
+    marker = (
+        "\n\n# ms-rcnn's installer rebuilds a fallback whose fingerprint differs from its own.\n"
+        f"FALLBACK_FINGERPRINT = {FALLBACK_FINGERPRINT!r}\n"
+    )
+    (pkg / "_C.py").write_text(C_STANDIN + marker)
     for old, new in SETUP_REPLACEMENTS:
         replace_exactly(src / "setup.py", old, new)
-    replace_exactly(pkg / "data/transforms/transform.py", "Image.LINEAR", "Image.BILINEAR")
-    # v0.6 imports caffe2 (gone from torch 2) whenever detectron2.export is imported, which
-    # TracingAdapter and FlopCountAnalysis need; upstream made that import optional after v0.6.
-    replace_exactly(pkg / "export/__init__.py", "from .api import *\n", EXPORT_OPTIONAL_CAFFE2)
-    zoo = pkg / "model_zoo/model_zoo.py"
-    replace_exactly(zoo, "import pkg_resources\n", "")
-    replace_exactly(zoo, MODEL_ZOO_OLD, MODEL_ZOO_NEW)
-    patched = 0
-    for py in sorted(pkg.rglob("*.py")):
-        text = py.read_text()
-        new, n = NUMPY_ALIAS.subn(lambda m: m.group(1), text)
-        if n:
-            py.write_text(new)
-            patched += n
-    if patched < 10:  # v0.6 has 20 such uses; fewer means the source is not what we expect
-        raise SystemExit(f"patch failed: only {patched} removed NumPy aliases found")
-    log(
-        f"patched: _C stand-in, Pillow, setuptools, model-zoo data, optional caffe2, {patched} "
-        "NumPy aliases"
-    )
+    for fix in COMPAT_FIXES:
+        fix.apply(src)
+    log(f"patched: _C stand-in, model-zoo data, {len(COMPAT_FIXES)} compat fixes")
 
 
 def patch_checkout(src):
@@ -378,13 +551,13 @@ def main():
         "instead of the pinned v0.6 sdist; always (re)installs",
     )
     args = parser.parse_args()
+    install_dependencies()
     if args.source:
         install_checkout(args.source)
-    else:
-        if not args.force and working_detectron2():
-            return
+    elif args.force or stale_fallback() or not working_detectron2():
         build_and_install()
     working_detectron2(just_installed=True)
+    check_features()
 
 
 if __name__ == "__main__":
