@@ -39,9 +39,11 @@ setup(
         "pycocotools>=2.0.2",
         "fvcore",
         "matplotlib",
-        # tools/predict.py: Detectron2's Visualizer turns masks into contours with OpenCV (which
-        # Detectron2 does not require); headless, as drawing to files needs no GUI libraries.
-        "opencv-python-headless",
+        # Not listed: OpenCV, which tools/predict.py needs (Detectron2's Visualizer draws mask
+        # contours with it). opencv-python and opencv-python-headless both install `cv2`, so
+        # requiring one here would install it over the other a user already has;
+        # scripts/install_detectron2.py installs the headless one only where no cv2 imports,
+        # and predict names the missing package otherwise.
         "tqdm",  # tools/predict.py's progress bar (fvcore depends on it already)
     ],
     extras_require={
