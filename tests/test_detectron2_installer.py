@@ -101,13 +101,24 @@ def test_main_rebuilds_only_when_needed(installer, monkeypatch, force, stale, wo
     calls = []
     monkeypatch.setattr(installer, "install_dependencies", lambda: calls.append("deps"))
     monkeypatch.setattr(installer, "stale_fallback", lambda: stale)
-    monkeypatch.setattr(installer, "working_detectron2", lambda: working or "build" in calls)
+    # After an install (just_installed=True) the real check raises unless the build works.
+    monkeypatch.setattr(
+        installer,
+        "working_detectron2",
+        lambda just_installed=False: working or "build" in calls or just_installed,
+    )
     monkeypatch.setattr(installer, "build_and_install", lambda: calls.append("build"))
+    monkeypatch.setattr(installer, "install_checkout", lambda src: calls.append(f"checkout {src}"))
     monkeypatch.setattr(installer, "check_features", lambda: calls.append("features"))
     monkeypatch.setattr(sys, "argv", ["install_detectron2.py"] + (["--force"] if force else []))
     installer.main()
     expected = ["deps"] + (["build"] if builds else []) + ["features"]
     assert calls == expected
+    # --source always builds that checkout, never the v0.6 fallback, whatever is installed.
+    calls.clear()
+    monkeypatch.setattr(sys, "argv", ["install_detectron2.py", "--source", "/src/d2"])
+    installer.main()
+    assert calls == ["deps", "checkout /src/d2", "features"]
 
 
 def test_compat_fix_refuses_a_source_it_was_not_written_for(installer, tmp_path):
