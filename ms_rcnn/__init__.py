@@ -19,8 +19,8 @@ except ImportError as e:
 
 from .box_predictor import SoftNMSFastRCNNOutputLayers
 from .cascade import CascadeMaskScoringROIHeads
-from .config import add_ms_rcnn_config
-from .mask_scoring import MaskScoringMixin
+from .config import add_ms_rcnn_config, merge_config_file
+from .mask_scoring import MaskScoringInputs, MaskScoringMixin
 from .maskiou_head import (
     ROI_MASKIOU_HEAD_REGISTRY,
     MaskIoUHead,
@@ -36,6 +36,7 @@ from .tta import MaskScoringRCNNWithTTA
 __all__ = [
     "__version__",
     "add_ms_rcnn_config",
+    "merge_config_file",
     "ROI_MASKIOU_HEAD_REGISTRY",
     "MaskIoUHead",
     "build_maskiou_head",
@@ -44,6 +45,7 @@ __all__ = [
     "mask_iou_loss",
     "mask_iou_inference",
     "MaskScoringMixin",
+    "MaskScoringInputs",
     "MaskScoringROIHeads",
     "CascadeMaskScoringROIHeads",
     "SoftNMSROIHeads",

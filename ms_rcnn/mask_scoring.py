@@ -11,9 +11,13 @@ project's own subclass of either: put it first in the bases,
 It pools the mask-branch RoI features once and feeds them to both the mask head and the MaskIoU
 head, which also sees the predicted mask of the ground-truth class (training) or of the predicted
 class (inference).
+
+A mask branch of another shape (no RoI pooler of its own, no `layers()`, losses of its own, e.g.
+PointRend) plugs in through one hook: override `mask_scoring_inputs` in the ROI heads class
+(see its docstring and `ms_rcnn.pointrend`).
 """
 
-from typing import Dict, List
+from typing import Dict, List, NamedTuple, Optional
 
 import torch
 from detectron2.config import configurable
@@ -43,7 +47,23 @@ from .maskiou_targets import gt_mask_crops, mask_iou_targets
 from .negative_rois import predicted_foreground_classes, sample_negative_proposals
 from .quality_targets import QUALITY_TARGETS, boundary_iou_targets, combine_quality
 
-__all__ = ["MaskScoringMixin"]
+__all__ = ["MaskScoringMixin", "MaskScoringInputs"]
+
+
+class MaskScoringInputs(NamedTuple):
+    """What `MaskScoringMixin.mask_scoring_inputs` returns for R RoIs.
+
+    mask_logits: (R, K, 2S, 2S) class-specific or (R, 1, 2S, 2S) class-agnostic logits of the
+        mask the MaskIoU head scores, over each RoI's box. The IoU targets are computed from
+        them (against the whole GT instance) at this 2S x 2S resolution.
+    roi_features: (R, C, S, S) RoI features the MaskIoU head sees next to that mask.
+    mask_losses: in training, the mask branch's own losses (`loss_*` scalars, weighted), or
+        None to have the mixin add Mask R-CNN's `loss_mask` on `mask_logits`. None at inference.
+    """
+
+    mask_logits: torch.Tensor
+    roi_features: torch.Tensor
+    mask_losses: Optional[Dict[str, torch.Tensor]] = None
 
 
 class MaskScoringMixin:
@@ -107,7 +127,15 @@ class MaskScoringMixin:
         """
         super().__init__(**kwargs)
         name = type(self).__name__
-        if not getattr(self, "mask_on", False) or getattr(self, "mask_pooler", None) is None:
+        own_branch = self._has_own_mask_branch()
+        if own_branch and negative_rois_per_image > 0:
+            raise ValueError(
+                f"MODEL.ROI_MASKIOU_HEAD.NEGATIVE_ROIS_PER_IMAGE={negative_rois_per_image} is not "
+                f"supported by {name}, whose mask branch comes from mask_scoring_inputs: set it 0"
+            )
+        if not getattr(self, "mask_on", False):
+            raise ValueError(f"{name} needs the mask branch: set MODEL.MASK_ON=True")
+        if not own_branch and getattr(self, "mask_pooler", None) is None:
             raise ValueError(
                 f"{name} needs the mask branch with its own RoI pooler: set MODEL.MASK_ON=True "
                 "(and keep ROI_MASK_HEAD.POOLER_TYPE set)"
@@ -121,10 +149,11 @@ class MaskScoringMixin:
                 "ROI heads that keep StandardROIHeads._forward_mask (see "
                 "docs/USING_IN_YOUR_PROJECT.md for other mask branches)"
             )
-        if not isinstance(self.mask_head, BaseMaskRCNNHead):
+        if not own_branch and not isinstance(self.mask_head, BaseMaskRCNNHead):
             raise TypeError(
                 f"{name} needs a mask head derived from BaseMaskRCNNHead (it calls its layers() "
-                f"to reuse the logits), got {type(self.mask_head).__name__}"
+                f"to reuse the logits), got {type(self.mask_head).__name__}; for another mask "
+                "head, override mask_scoring_inputs (docs/USING_IN_YOUR_PROJECT.md)"
             )
         self.maskiou_head = maskiou_head
         self.maskiou_loss_weight = maskiou_loss_weight
@@ -208,53 +237,80 @@ class MaskScoringMixin:
             tagged.append(t)
         return super().label_and_sample_proposals(proposals, tagged)
 
+    def mask_scoring_inputs(
+        self, features: Dict[str, torch.Tensor], instances: List[Instances]
+    ) -> MaskScoringInputs:
+        """The hook between a mask branch and the MaskIoU head: run the mask branch on
+        `instances` and return what the MaskIoU head needs (see `MaskScoringInputs`).
+
+        `instances` are the foreground proposals (training: `proposal_boxes`, `gt_*` fields)
+        or the detections (inference: `pred_boxes`, `pred_classes`). At inference the hook
+        also sets `pred_masks` on them, as the mask branch would without mask scoring.
+
+        This default is Mask R-CNN's branch: `mask_pooler`, then the mask head's `layers()`
+        on the same features. ROI heads whose mask branch has another shape override it
+        (`ms_rcnn.pointrend.PointRendMaskScoringROIHeads` is a worked example), and also
+        `_maskiou_input_shape` if their RoI features are not the default pooler's.
+        """
+        boxes = [x.proposal_boxes if self.training else x.pred_boxes for x in instances]
+        roi_features = self.mask_pooler([features[f] for f in self.mask_in_features], boxes)
+        mask_logits = self.mask_head.layers(roi_features)
+        if not self.training:
+            mask_rcnn_inference(mask_logits, instances)  # pred_masks: (N, 1, M, M) probabilities
+        return MaskScoringInputs(mask_logits, roi_features)
+
+    def _has_own_mask_branch(self) -> bool:
+        return type(self).mask_scoring_inputs is not MaskScoringMixin.mask_scoring_inputs
+
     def _forward_mask(self, features: Dict[str, torch.Tensor], instances: List[Instances]):
         """Mask head and MaskIoU head on shared RoI features.
 
-        Returns a dict with `loss_mask` and `loss_maskiou` in training; in inference, the
-        instances with `pred_masks`, `pred_maskiou` and `mask_scores` set.
+        Returns a dict with the mask branch's losses and `loss_maskiou` in training; in
+        inference, the instances with `pred_masks`, `pred_maskiou` and `mask_scores` set.
         """
         if not self.mask_on:  # test-time augmentation turns the mask branch off for a while
             return {} if self.training else instances
+        negatives = None
         if self.training:
-            negatives = None
             if self.negative_rois_per_image > 0:
                 negatives = sample_negative_proposals(
                     instances, self.num_classes, self.negative_rois_per_image
                 )
             instances, _ = select_foreground_proposals(instances, self.num_classes)
-            boxes = [x.proposal_boxes for x in instances]
-        else:
-            boxes = [x.pred_boxes for x in instances]
-        roi_features = self.mask_pooler([features[f] for f in self.mask_in_features], boxes)
-        mask_logits = self.mask_head.layers(roi_features)
+        mask_logits, roi_features, mask_losses = self.mask_scoring_inputs(features, instances)
         if self.training:
-            return self._maskiou_losses(features, roi_features, mask_logits, instances, negatives)
-
-        mask_rcnn_inference(mask_logits, instances)  # sets pred_masks: (N, 1, M, M) probabilities
-        mask_probs = cat([x.pred_masks for x in instances])
+            return self._maskiou_losses(
+                features, roi_features, mask_logits, instances, negatives, mask_losses
+            )
+        classes = cat([x.pred_classes for x in instances]).to(torch.int64)
+        mask_probs = _class_masks(mask_logits, classes).sigmoid()
         pred_maskiou = self.maskiou_head(roi_features, mask_probs)
         mask_iou_inference(pred_maskiou, instances, self.clamp_maskiou, self.overwrite_scores)
         return instances
 
-    def _maskiou_losses(self, features, roi_features, mask_logits, instances, negatives=None):
-        # The GT crops are the mask loss's targets and the MaskIoU targets' G_in: crop once.
-        crops = gt_mask_crops(instances, mask_logits.shape[-1])
-        loss_mask = mask_rcnn_loss(
-            mask_logits, _with_cropped_masks(instances, crops), self.mask_head.vis_period
-        )
-        losses = {"loss_mask": loss_mask * self.mask_head.loss_weight}
+    def _maskiou_losses(
+        self, features, roi_features, mask_logits, instances, negatives=None, mask_losses=None
+    ):
+        if mask_losses is None:
+            # The GT crops are the mask loss's targets and the MaskIoU targets' G_in: crop once.
+            crops = cat(gt_mask_crops(instances, mask_logits.shape[-1]))
+            loss_mask = mask_rcnn_loss(
+                mask_logits,
+                _with_cropped_masks(instances, crops.split([len(x) for x in instances])),
+                self.mask_head.vis_period,
+            )
+            losses = {"loss_mask": loss_mask * self.mask_head.loss_weight}
+        else:  # a mask branch with losses of its own (mask_scoring_inputs)
+            crops, losses = None, dict(mask_losses)
         gt_classes = cat([x.gt_classes for x in instances]).to(torch.int64)
         mask_iou = mask_iou_targets(
-            mask_logits, instances, self.mask_logit_threshold, gt_crops=cat(crops)
+            mask_logits, instances, self.mask_logit_threshold, gt_crops=crops
         )
         targets = self._quality(mask_logits, instances, gt_classes, mask_iou)
 
         # The mask of the ground-truth class (channel 0 if masks are class-agnostic); the IoU
         # column is the ground-truth class either way, as at inference (predicted class).
-        channel = gt_classes if mask_logits.shape[1] > 1 else torch.zeros_like(gt_classes)
-        index = torch.arange(mask_logits.shape[0], device=mask_logits.device)
-        mask_probs = mask_logits[index, channel].unsqueeze(1).sigmoid()
+        mask_probs = _class_masks(mask_logits, gt_classes).sigmoid()
         if self.detach_mask:
             mask_probs = mask_probs.detach()
         if self.detach_features:
@@ -337,6 +393,13 @@ class MaskScoringMixin:
             storage.put_scalar("maskiou/mean_target", float(targets[positive].mean()))
             storage.put_scalar("maskiou/mean_pred", float(pred.mean()))
             storage.put_scalar("maskiou/abs_error", float((pred - targets[positive]).abs().mean()))
+
+
+def _class_masks(mask_logits: torch.Tensor, classes: torch.Tensor) -> torch.Tensor:
+    """(R, 1, M, M) logits of each RoI's class (channel 0 if the masks are class-agnostic)."""
+    channel = classes if mask_logits.shape[1] > 1 else torch.zeros_like(classes)
+    index = torch.arange(mask_logits.shape[0], device=mask_logits.device)
+    return mask_logits[index, channel].unsqueeze(1)
 
 
 def _replaced_mask_branch(cls):
