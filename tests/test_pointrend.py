@@ -152,7 +152,9 @@ def test_inference_on_given_boxes_with_an_image_without_detections(mask):
     with torch.no_grad():
         images = model.preprocess_image(batch)
         features = model.backbone(images.tensor)
-        dets = Instances((64, 64), pred_boxes=Boxes(torch.tensor([[4.0, 4, 40, 40], [8, 20, 60, 50]])))
+        dets = Instances(
+            (64, 64), pred_boxes=Boxes(torch.tensor([[4.0, 4, 40, 40], [8, 20, 60, 50]]))
+        )
         dets.pred_classes, dets.scores = torch.tensor([0, 2]), torch.tensor([0.9, 0.5])
         empty = Instances((64, 64), pred_boxes=Boxes(torch.zeros(0, 4)))
         empty.pred_classes, empty.scores = torch.zeros(0, dtype=torch.int64), torch.zeros(0)
