@@ -20,7 +20,8 @@ except ImportError as e:
 from .box_predictor import SoftNMSFastRCNNOutputLayers
 from .cascade import CascadeMaskScoringROIHeads
 from .config import add_ms_rcnn_config, merge_config_file
-from .mask_scoring import MaskScoringInputs, MaskScoringMixin
+from .mask_branch import MaskScoringInputs
+from .mask_scoring import MaskScoringMixin
 from .maskiou_head import (
     ROI_MASKIOU_HEAD_REGISTRY,
     MaskIoUHead,

@@ -17,7 +17,7 @@ PointRend) plugs in through one hook: override `mask_scoring_inputs` in the ROI 
 (see its docstring and `ms_rcnn.pointrend`).
 """
 
-from typing import Dict, List, NamedTuple, Optional
+from typing import Dict, List
 
 import torch
 from detectron2.config import configurable
@@ -36,6 +36,7 @@ from detectron2.structures import Instances
 from detectron2.utils.events import get_event_storage
 from torch import nn
 
+from .mask_branch import MaskScoringInputs, with_cropped_masks
 from .maskiou_head import (
     build_maskiou_head,
     check_head_shapes,
@@ -47,23 +48,7 @@ from .maskiou_targets import gt_mask_crops, mask_iou_targets
 from .negative_rois import predicted_foreground_classes, sample_negative_proposals
 from .quality_targets import QUALITY_TARGETS, boundary_iou_targets, combine_quality
 
-__all__ = ["MaskScoringMixin", "MaskScoringInputs"]
-
-
-class MaskScoringInputs(NamedTuple):
-    """What `MaskScoringMixin.mask_scoring_inputs` returns for R RoIs.
-
-    mask_logits: (R, K, 2S, 2S) class-specific or (R, 1, 2S, 2S) class-agnostic logits of the
-        mask the MaskIoU head scores, over each RoI's box. The IoU targets are computed from
-        them (against the whole GT instance) at this 2S x 2S resolution.
-    roi_features: (R, C, S, S) RoI features the MaskIoU head sees next to that mask.
-    mask_losses: in training, the mask branch's own losses (`loss_*` scalars, weighted), or
-        None to have the mixin add Mask R-CNN's `loss_mask` on `mask_logits`. None at inference.
-    """
-
-    mask_logits: torch.Tensor
-    roi_features: torch.Tensor
-    mask_losses: Optional[Dict[str, torch.Tensor]] = None
+__all__ = ["MaskScoringMixin"]
 
 
 class MaskScoringMixin:
@@ -296,7 +281,7 @@ class MaskScoringMixin:
             crops = cat(gt_mask_crops(instances, mask_logits.shape[-1]))
             loss_mask = mask_rcnn_loss(
                 mask_logits,
-                _with_cropped_masks(instances, crops.split([len(x) for x in instances])),
+                with_cropped_masks(instances, crops.split([len(x) for x in instances])),
                 self.mask_head.vis_period,
             )
             losses = {"loss_mask": loss_mask * self.mask_head.loss_weight}
@@ -410,34 +395,3 @@ def _replaced_mask_branch(cls):
         if "_forward_mask" in vars(klass):
             return None if klass is StandardROIHeads else klass
     return None
-
-
-class _CroppedMasks:
-    """Stands in for `gt_masks` in Detectron2's `mask_rcnn_loss`, which only calls
-    `crop_and_resize(proposal_boxes, M)`: it returns the crops computed already. This keeps
-    Detectron2's own loss (class-agnostic masks, metrics, visualization) instead of a copy."""
-
-    def __init__(self, crops: torch.Tensor):
-        self.crops = crops
-
-    def __len__(self):
-        return len(self.crops)
-
-    def crop_and_resize(self, boxes: torch.Tensor, mask_size: int) -> torch.Tensor:
-        if len(boxes) != len(self.crops) or mask_size != self.crops.shape[-1]:
-            raise ValueError(
-                f"precomputed crops are {tuple(self.crops.shape)}, asked for {len(boxes)} boxes "
-                f"at {mask_size}"
-            )
-        return self.crops
-
-
-def _with_cropped_masks(instances: List[Instances], crops: List[torch.Tensor]):
-    out = []
-    for inst, crop in zip(instances, crops):
-        view = Instances(inst.image_size, proposal_boxes=inst.proposal_boxes)
-        if len(inst):
-            view.gt_classes = inst.gt_classes
-            view.gt_masks = _CroppedMasks(crop)
-        out.append(view)
-    return out

@@ -28,7 +28,8 @@ from detectron2.layers import ShapeSpec, interpolate
 from detectron2.modeling import ROI_HEADS_REGISTRY
 from detectron2.structures import Instances
 
-from .mask_scoring import MaskScoringInputs, MaskScoringMixin
+from .mask_branch import MaskScoringInputs
+from .mask_scoring import MaskScoringMixin
 
 __all__ = [
     "POINTREND_MASKS",

@@ -56,6 +56,12 @@ def test_demo_pointrend_differs_from_the_demo_mask_rcnn_only_in_its_mask_branch(
     assert "MODEL.ROI_MASK_HEAD.NAME" in changed and "SOLVER.MAX_ITER" not in changed
 
 
+def test_coarse_variant_differs_only_in_the_scored_mask():
+    refined = load("demo/ms_rcnn_pointrend_R_18_demo.yaml")
+    coarse = load("demo/ms_rcnn_pointrend_R_18_demo_coarse.yaml")
+    assert differences(refined, coarse) == {"MODEL.ROI_MASKIOU_HEAD.POINTREND_MASK"}
+
+
 def test_r50_pair_differs_only_in_the_roi_heads_and_maskiou_keys():
     base = load("PointRend/pointrend_rcnn_R_50_FPN_1x.yaml")
     ms = load("PointRend/ms_rcnn_pointrend_R_50_FPN_1x.yaml")

@@ -36,6 +36,7 @@ ARMS = {
     # Mask scoring on PointRend (docs/DESIGN.md): its baseline and the MaskIoU arm.
     "pointrend": "configs/demo/pointrend_R_18_demo.yaml",
     "ms_rcnn_pointrend": "configs/demo/ms_rcnn_pointrend_R_18_demo.yaml",
+    "ms_rcnn_pointrend_coarse": "configs/demo/ms_rcnn_pointrend_R_18_demo_coarse.yaml",
 }
 CALIBRATION_PLOT = "maskiou_calibration.png"
 ETA_LINE = re.compile(r"eta: (\S+)\s+iter: (\d+)\s+total_loss: ([\d.]+)")
