@@ -34,7 +34,7 @@ def toy_mask_branch(cls, cfg, input_shape):
 
 
 @ROI_HEADS_REGISTRY.register()
-class ToyMaskScoringROIHeads(MaskScoringMixin, StandardROIHeads):
+class HookedMaskScoringROIHeads(MaskScoringMixin, StandardROIHeads):
     @classmethod
     def _init_mask_head(cls, cfg, input_shape):
         return toy_mask_branch(cls, cfg, input_shape)
@@ -51,7 +51,7 @@ class ToyMaskScoringROIHeads(MaskScoringMixin, StandardROIHeads):
 
 
 def build(seed=0, **maskiou):
-    cfg = tiny_cfg("ToyMaskScoringROIHeads")
+    cfg = tiny_cfg("HookedMaskScoringROIHeads")
     for key, value in maskiou.items():
         cfg.MODEL.ROI_MASKIOU_HEAD[key] = value
     torch.manual_seed(seed)
@@ -100,12 +100,13 @@ def test_inference_scores_the_hooks_mask_of_the_predicted_class():
     assert len(out[1]) == 0 and out[1].mask_scores.shape == (0,)
 
 
-def test_without_the_hook_a_foreign_mask_head_is_refused_naming_it():
-    @ROI_HEADS_REGISTRY.register()
-    class ToyWithoutHookROIHeads(MaskScoringMixin, StandardROIHeads):
-        @classmethod
-        def _init_mask_head(cls, cfg, input_shape):
-            return toy_mask_branch(cls, cfg, input_shape)
+@ROI_HEADS_REGISTRY.register()
+class UnhookedMaskScoringROIHeads(MaskScoringMixin, StandardROIHeads):
+    @classmethod
+    def _init_mask_head(cls, cfg, input_shape):
+        return toy_mask_branch(cls, cfg, input_shape)
 
+
+def test_without_the_hook_a_foreign_mask_head_is_refused_naming_it():
     with pytest.raises(TypeError, match="ToyMaskHead.*mask_scoring_inputs"):
-        build_model(tiny_cfg("ToyWithoutHookROIHeads"))
+        build_model(tiny_cfg("UnhookedMaskScoringROIHeads"))
