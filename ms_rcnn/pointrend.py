@@ -104,6 +104,12 @@ class PointRendMaskScoringROIHeads(MaskScoringMixin, _roi_heads_module.PointRend
                 f"MODEL.ROI_HEADS.NAME={cls.__name__} scores PointRend's masks, so it needs "
                 f"MODEL.ROI_MASK_HEAD.NAME 'PointRendMaskHead', got {name!r}"
             )
+        if cfg.INPUT.MASK_FORMAT != "bitmask":
+            # PointRend samples its point labels from bitmasks; polygons fail deep in its loss.
+            raise ValueError(
+                f"MODEL.ROI_HEADS.NAME={cls.__name__} (PointRend) needs INPUT.MASK_FORMAT "
+                f"'bitmask', got {cfg.INPUT.MASK_FORMAT!r}"
+            )
         ret = super().from_config(cfg, input_shape)
         ret["pointrend_mask"] = cfg.MODEL.ROI_MASKIOU_HEAD.POINTREND_MASK
         return ret

@@ -183,6 +183,8 @@ def test_bad_settings_are_refused_naming_the_key():
         build(**{"MODEL.ROI_MASK_HEAD.POINT_HEAD_ON": False})
     with pytest.raises(ValueError, match="NEGATIVE_ROIS_PER_IMAGE"):
         build(**{"MODEL.ROI_MASKIOU_HEAD.NEGATIVE_ROIS_PER_IMAGE": 4})
+    with pytest.raises(ValueError, match="INPUT.MASK_FORMAT"):
+        build(**{"INPUT.MASK_FORMAT": "polygon"})
     assert build(mask="coarse", **{"MODEL.ROI_MASK_HEAD.POINT_HEAD_ON": False}) is not None
 
 
@@ -208,3 +210,16 @@ def test_import_failure_says_what_to_do(monkeypatch):
     message = str(info.value)
     assert "pip install -e" in message and "projects/PointRend" in message
     assert "detectron2.projects.point_rend" in message
+
+
+def test_test_time_augmentation_keeps_the_mask_scores():
+    from ms_rcnn import MaskScoringRCNNWithTTA
+
+    cfg = pointrend_cfg()
+    cfg.TEST.AUG.ENABLED, cfg.TEST.AUG.MIN_SIZES, cfg.TEST.AUG.MAX_SIZE = True, (48, 64), 64
+    tta = MaskScoringRCNNWithTTA(cfg, build().eval())
+    image = make_batch("bitmask", num_instances=(1,))[0]["image"]
+    with torch.no_grad():
+        out = tta([{"image": image, "height": 64, "width": 64}])[0]["instances"]
+    assert len(out) > 0 and out.pred_masks.shape[-2:] == (64, 64)
+    torch.testing.assert_close(out.mask_scores, out.scores * out.pred_maskiou)
