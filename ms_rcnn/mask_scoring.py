@@ -57,7 +57,8 @@ class MaskScoringMixin:
     Requirements on the class it is mixed into (Detectron2's ROIHeads with a mask branch): the
     attributes `mask_on`, `mask_pooler`, `mask_in_features`, `mask_head` (a `BaseMaskRCNNHead`),
     `num_classes`, and `_forward_mask(features, instances)` being the place the mask branch
-    runs, as in StandardROIHeads and CascadeROIHeads.
+    runs, as in StandardROIHeads and CascadeROIHeads. A class that overrides
+    `mask_scoring_inputs` needs only `mask_on`, `mask_head` and `num_classes`.
 
     Inference adds, per detection, `pred_maskiou` (predicted IoU of its mask with the object) and
     `mask_scores` = `scores` * `pred_maskiou`, leaving `scores` as the box predictor gave it (the
@@ -69,7 +70,12 @@ class MaskScoringMixin:
         # With the ROI heads class first in the bases, its __init__, from_config and
         # _forward_mask would win and the mixin would silently do nothing.
         mro = cls.__mro__
-        first_heads = next((k for k in mro if k is not cls and issubclass(k, ROIHeads)), None)
+        # (A subclass of a class that already has the mixin, e.g. of MaskScoringROIHeads, is
+        # fine: only ROI heads classes without the mixin must come after it.)
+        first_heads = next(
+            (k for k in mro if issubclass(k, ROIHeads) and not issubclass(k, MaskScoringMixin)),
+            None,
+        )
         if first_heads is not None and mro.index(first_heads) < mro.index(MaskScoringMixin):
             raise TypeError(
                 f"{cls.__name__}: put MaskScoringMixin before {first_heads.__name__} in the "
@@ -282,9 +288,9 @@ class MaskScoringMixin:
             loss_mask = mask_rcnn_loss(
                 mask_logits,
                 with_cropped_masks(instances, crops.split([len(x) for x in instances])),
-                self.mask_head.vis_period,
+                getattr(self.mask_head, "vis_period", 0),  # a hook's head may lack them
             )
-            losses = {"loss_mask": loss_mask * self.mask_head.loss_weight}
+            losses = {"loss_mask": loss_mask * getattr(self.mask_head, "loss_weight", 1.0)}
         else:  # a mask branch with losses of its own (mask_scoring_inputs)
             crops, losses = None, dict(mask_losses)
         gt_classes = cat([x.gt_classes for x in instances]).to(torch.int64)

@@ -110,3 +110,36 @@ class UnhookedMaskScoringROIHeads(MaskScoringMixin, StandardROIHeads):
 def test_without_the_hook_a_foreign_mask_head_is_refused_naming_it():
     with pytest.raises(TypeError, match="ToyMaskHead.*mask_scoring_inputs"):
         build_model(tiny_cfg("UnhookedMaskScoringROIHeads"))
+
+
+@ROI_HEADS_REGISTRY.register()
+class HookedDefaultLossROIHeads(HookedMaskScoringROIHeads):
+    def mask_scoring_inputs(self, features, instances):
+        logits, roi_features, _ = super().mask_scoring_inputs(features, instances)
+        return MaskScoringInputs(logits, roi_features, None)  # no losses of its own
+
+
+def test_a_hook_without_losses_gets_mask_rcnns_loss_mask_on_its_logits():
+    from detectron2.modeling.roi_heads.mask_head import mask_rcnn_loss
+
+    cfg = tiny_cfg("HookedDefaultLossROIHeads")
+    torch.manual_seed(0)
+    model = build_model(cfg).train()
+    torch.manual_seed(1)
+    with EventStorage():
+        losses = model(make_batch(num_instances=(3, 2)))
+        instances, logits = model.roi_heads.last
+        expected = mask_rcnn_loss(logits, instances)  # Detectron2's, from the GT polygons
+    assert "loss_toy" not in losses and "loss_maskiou" in losses
+    torch.testing.assert_close(losses["loss_mask"], expected)
+
+
+def test_subclassing_a_registered_mask_scoring_class_is_allowed():
+    """Before the fix the mixin's base-order check refused any subclass of MaskScoringROIHeads
+    (it took MaskScoringROIHeads itself for a ROI heads class placed before the mixin)."""
+    from ms_rcnn import MaskScoringROIHeads
+
+    class ProjectROIHeads(MaskScoringROIHeads):
+        pass
+
+    assert ProjectROIHeads.__mro__.index(MaskScoringMixin) > 0
