@@ -21,7 +21,8 @@ except ImportError as e:
 from .anchor_generator import MaskrcnnBenchmarkAnchorGenerator
 from .box_predictor import SoftNMSFastRCNNOutputLayers
 from .cascade import CascadeMaskScoringROIHeads
-from .config import add_ms_rcnn_config
+from .config import add_ms_rcnn_config, merge_config_file
+from .mask_branch import MaskScoringInputs
 from .mask_scoring import MaskScoringMixin
 from .maskiou_head import (
     ROI_MASKIOU_HEAD_REGISTRY,
@@ -38,6 +39,7 @@ from .tta import MaskScoringRCNNWithTTA
 __all__ = [
     "__version__",
     "add_ms_rcnn_config",
+    "merge_config_file",
     "ROI_MASKIOU_HEAD_REGISTRY",
     "MaskIoUHead",
     "MaskrcnnBenchmarkAnchorGenerator",
@@ -47,6 +49,7 @@ __all__ = [
     "mask_iou_loss",
     "mask_iou_inference",
     "MaskScoringMixin",
+    "MaskScoringInputs",
     "MaskScoringROIHeads",
     "CascadeMaskScoringROIHeads",
     "SoftNMSROIHeads",

@@ -1,6 +1,11 @@
-"""Config keys of ms-rcnn, added to a Detectron2 config by `add_ms_rcnn_config`."""
+"""Config keys of ms-rcnn, added to a Detectron2 config by `add_ms_rcnn_config`, and
+`merge_config_file`, which also adds the keys of the Detectron2 project a config file uses."""
+
+import os
 
 from detectron2.config import CfgNode as CN
+
+__all__ = ["add_ms_rcnn_config", "merge_config_file", "uses_pointrend"]
 
 
 def add_ms_rcnn_config(cfg):
@@ -64,6 +69,10 @@ def _add_maskiou_head_config(cfg):
         # scored as the class the box head predicts, towards its true quality (0 without a GT
         # of that class); see docs/DESIGN.md. 0: positives only, as in the paper.
         "NEGATIVE_ROIS_PER_IMAGE": 0,
+        # PointRend only (PointRendMaskScoringROIHeads): the mask the head scores, "refined"
+        # (the point head's mask on the regular 2S x 2S grid) or "coarse" (the coarse head's
+        # 7 x 7 mask upsampled to 2S x 2S); see docs/DESIGN.md.
+        "POINTREND_MASK": "refined",
     }
     for key, value in defaults.items():
         _set_default(node, key, value)
@@ -106,3 +115,35 @@ def _add_evaluation_config(cfg):
     }
     for key, value in defaults.items():
         _set_default(node, key, value)
+
+
+def uses_pointrend(config_file: str) -> bool:
+    """Whether a YAML config (with its _BASE_ files) builds a PointRend model."""
+    loaded = CN.load_yaml_with_base(config_file, allow_unsafe=True)
+    model = loaded.get("MODEL") or {}
+    mask_head = (model.get("ROI_MASK_HEAD") or {}).get("NAME", "")
+    roi_heads = (model.get("ROI_HEADS") or {}).get("NAME", "")
+    return (
+        "POINT_HEAD" in model
+        or "PointRend" in str(mask_head)
+        or str(roi_heads).startswith("PointRend")
+    )
+
+
+def merge_config_file(cfg, config_file: str):
+    """`cfg.merge_from_file(config_file)`, after adding the keys of the Detectron2 project the
+    file uses: PointRend's (`add_pointrend_config`), which also registers ms-rcnn's PointRend
+    ROI heads. `cfg` should already have ms-rcnn's keys (`add_ms_rcnn_config`). Returns `cfg`.
+
+    Raises a FileNotFoundError naming the file, or an ImportError saying how to get PointRend
+    when the file needs it and it is not importable.
+    """
+    if not os.path.isfile(config_file):
+        raise FileNotFoundError(f"config file {config_file}: no such file")
+    if uses_pointrend(config_file):
+        from .pointrend import import_point_rend  # registers PointRendMaskScoringROIHeads
+
+        if "POINT_HEAD" not in cfg.MODEL:  # add_pointrend_config overwrites: add once
+            import_point_rend().add_pointrend_config(cfg)
+    cfg.merge_from_file(config_file)
+    return cfg

@@ -19,7 +19,7 @@ from detectron2.utils import comm
 from . import data  # noqa: F401  (registers the synthetic_shapes datasets for YAML configs)
 from .box_predictor import SoftNMSFastRCNNOutputLayers
 from .checkpoint import MSRCNNCheckpointer
-from .config import add_ms_rcnn_config
+from .config import add_ms_rcnn_config, merge_config_file
 from .data.user_datasets import check_config_datasets, register_coco_from_args
 from .evaluation import build_ms_rcnn_evaluator, save_eval_results
 from .tta import MaskScoringRCNNWithTTA, check_tta_supported
@@ -160,7 +160,7 @@ def setup(args):
         raise ValueError("--config-file is required (e.g. configs/demo/ms_rcnn_R_18_demo.yaml)")
     if not os.path.isfile(args.config_file):
         raise FileNotFoundError(f"--config-file {args.config_file}: no such file")
-    cfg.merge_from_file(args.config_file)
+    merge_config_file(cfg, args.config_file)  # with PointRend's keys when the file needs them
     cfg.merge_from_list(args.opts)
     if cfg.MODEL.DEVICE.startswith("cuda") and not torch.cuda.is_available():
         raise ValueError(

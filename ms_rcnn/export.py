@@ -49,7 +49,17 @@ def trace_ms_rcnn(model: nn.Module, image: torch.Tensor) -> Tuple[torch.jit.Scri
     model's outputs (tests compare them). Soft-NMS (a Python loop over detections) would be
     frozen into the trace, so a model with it enabled is refused.
     """
-    predictor = getattr(getattr(model, "roi_heads", None), "box_predictor", None)
+    roi_heads = getattr(model, "roi_heads", None)
+    own_branch = getattr(roi_heads, "_has_own_mask_branch", None)
+    if own_branch is not None and own_branch():
+        # Verified only for Mask R-CNN's branch; PointRend's subdivision, for one, branches in
+        # Python on the detection count, which a trace would freeze.
+        raise ValueError(
+            f"trace_ms_rcnn: {type(roi_heads).__name__} has a mask branch of its own "
+            "(mask_scoring_inputs), whose tracing is not supported; export supports Mask "
+            "R-CNN's mask branch (MaskScoringROIHeads, CascadeMaskScoringROIHeads)"
+        )
+    predictor = getattr(roi_heads, "box_predictor", None)
     if getattr(predictor, "soft_nms_enabled", False):
         raise ValueError(
             "trace_ms_rcnn: TEST.SOFT_NMS.ENABLED=True cannot be traced (Soft-NMS loops over "

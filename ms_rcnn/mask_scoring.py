@@ -11,6 +11,10 @@ project's own subclass of either: put it first in the bases,
 It pools the mask-branch RoI features once and feeds them to both the mask head and the MaskIoU
 head, which also sees the predicted mask of the ground-truth class (training) or of the predicted
 class (inference).
+
+A mask branch of another shape (no RoI pooler of its own, no `layers()`, losses of its own, e.g.
+PointRend) plugs in through one hook: override `mask_scoring_inputs` in the ROI heads class
+(see its docstring and `ms_rcnn.pointrend`).
 """
 
 from typing import Dict, List
@@ -32,6 +36,7 @@ from detectron2.structures import Instances
 from detectron2.utils.events import get_event_storage
 from torch import nn
 
+from .mask_branch import MaskScoringInputs, with_cropped_masks
 from .maskiou_head import (
     build_maskiou_head,
     check_head_shapes,
@@ -52,7 +57,8 @@ class MaskScoringMixin:
     Requirements on the class it is mixed into (Detectron2's ROIHeads with a mask branch): the
     attributes `mask_on`, `mask_pooler`, `mask_in_features`, `mask_head` (a `BaseMaskRCNNHead`),
     `num_classes`, and `_forward_mask(features, instances)` being the place the mask branch
-    runs, as in StandardROIHeads and CascadeROIHeads.
+    runs, as in StandardROIHeads and CascadeROIHeads. A class that overrides
+    `mask_scoring_inputs` needs only `mask_on`, `mask_head` and `num_classes`.
 
     Inference adds, per detection, `pred_maskiou` (predicted IoU of its mask with the object) and
     `mask_scores` = `scores` * `pred_maskiou`, leaving `scores` as the box predictor gave it (the
@@ -64,7 +70,12 @@ class MaskScoringMixin:
         # With the ROI heads class first in the bases, its __init__, from_config and
         # _forward_mask would win and the mixin would silently do nothing.
         mro = cls.__mro__
-        first_heads = next((k for k in mro if k is not cls and issubclass(k, ROIHeads)), None)
+        # (A subclass of a class that already has the mixin, e.g. of MaskScoringROIHeads, is
+        # fine: only ROI heads classes without the mixin must come after it.)
+        first_heads = next(
+            (k for k in mro if issubclass(k, ROIHeads) and not issubclass(k, MaskScoringMixin)),
+            None,
+        )
         if first_heads is not None and mro.index(first_heads) < mro.index(MaskScoringMixin):
             raise TypeError(
                 f"{cls.__name__}: put MaskScoringMixin before {first_heads.__name__} in the "
@@ -107,7 +118,15 @@ class MaskScoringMixin:
         """
         super().__init__(**kwargs)
         name = type(self).__name__
-        if not getattr(self, "mask_on", False) or getattr(self, "mask_pooler", None) is None:
+        own_branch = self._has_own_mask_branch()
+        if own_branch and negative_rois_per_image > 0:
+            raise ValueError(
+                f"MODEL.ROI_MASKIOU_HEAD.NEGATIVE_ROIS_PER_IMAGE={negative_rois_per_image} is not "
+                f"supported by {name}, whose mask branch comes from mask_scoring_inputs: set it 0"
+            )
+        if not getattr(self, "mask_on", False):
+            raise ValueError(f"{name} needs the mask branch: set MODEL.MASK_ON=True")
+        if not own_branch and getattr(self, "mask_pooler", None) is None:
             raise ValueError(
                 f"{name} needs the mask branch with its own RoI pooler: set MODEL.MASK_ON=True "
                 "(and keep ROI_MASK_HEAD.POOLER_TYPE set)"
@@ -121,10 +140,11 @@ class MaskScoringMixin:
                 "ROI heads that keep StandardROIHeads._forward_mask (see "
                 "docs/USING_IN_YOUR_PROJECT.md for other mask branches)"
             )
-        if not isinstance(self.mask_head, BaseMaskRCNNHead):
+        if not own_branch and not isinstance(self.mask_head, BaseMaskRCNNHead):
             raise TypeError(
                 f"{name} needs a mask head derived from BaseMaskRCNNHead (it calls its layers() "
-                f"to reuse the logits), got {type(self.mask_head).__name__}"
+                f"to reuse the logits), got {type(self.mask_head).__name__}; for another mask "
+                "head, override mask_scoring_inputs (docs/USING_IN_YOUR_PROJECT.md)"
             )
         self.maskiou_head = maskiou_head
         self.maskiou_loss_weight = maskiou_loss_weight
@@ -208,53 +228,80 @@ class MaskScoringMixin:
             tagged.append(t)
         return super().label_and_sample_proposals(proposals, tagged)
 
+    def mask_scoring_inputs(
+        self, features: Dict[str, torch.Tensor], instances: List[Instances]
+    ) -> MaskScoringInputs:
+        """The hook between a mask branch and the MaskIoU head: run the mask branch on
+        `instances` and return what the MaskIoU head needs (see `MaskScoringInputs`).
+
+        `instances` are the foreground proposals (training: `proposal_boxes`, `gt_*` fields)
+        or the detections (inference: `pred_boxes`, `pred_classes`). At inference the hook
+        also sets `pred_masks` on them, as the mask branch would without mask scoring.
+
+        This default is Mask R-CNN's branch: `mask_pooler`, then the mask head's `layers()`
+        on the same features. ROI heads whose mask branch has another shape override it
+        (`ms_rcnn.pointrend.PointRendMaskScoringROIHeads` is a worked example), and also
+        `_maskiou_input_shape` if their RoI features are not the default pooler's.
+        """
+        boxes = [x.proposal_boxes if self.training else x.pred_boxes for x in instances]
+        roi_features = self.mask_pooler([features[f] for f in self.mask_in_features], boxes)
+        mask_logits = self.mask_head.layers(roi_features)
+        if not self.training:
+            mask_rcnn_inference(mask_logits, instances)  # pred_masks: (N, 1, M, M) probabilities
+        return MaskScoringInputs(mask_logits, roi_features)
+
+    def _has_own_mask_branch(self) -> bool:
+        return type(self).mask_scoring_inputs is not MaskScoringMixin.mask_scoring_inputs
+
     def _forward_mask(self, features: Dict[str, torch.Tensor], instances: List[Instances]):
         """Mask head and MaskIoU head on shared RoI features.
 
-        Returns a dict with `loss_mask` and `loss_maskiou` in training; in inference, the
-        instances with `pred_masks`, `pred_maskiou` and `mask_scores` set.
+        Returns a dict with the mask branch's losses and `loss_maskiou` in training; in
+        inference, the instances with `pred_masks`, `pred_maskiou` and `mask_scores` set.
         """
         if not self.mask_on:  # test-time augmentation turns the mask branch off for a while
             return {} if self.training else instances
+        negatives = None
         if self.training:
-            negatives = None
             if self.negative_rois_per_image > 0:
                 negatives = sample_negative_proposals(
                     instances, self.num_classes, self.negative_rois_per_image
                 )
             instances, _ = select_foreground_proposals(instances, self.num_classes)
-            boxes = [x.proposal_boxes for x in instances]
-        else:
-            boxes = [x.pred_boxes for x in instances]
-        roi_features = self.mask_pooler([features[f] for f in self.mask_in_features], boxes)
-        mask_logits = self.mask_head.layers(roi_features)
+        mask_logits, roi_features, mask_losses = self.mask_scoring_inputs(features, instances)
         if self.training:
-            return self._maskiou_losses(features, roi_features, mask_logits, instances, negatives)
-
-        mask_rcnn_inference(mask_logits, instances)  # sets pred_masks: (N, 1, M, M) probabilities
-        mask_probs = cat([x.pred_masks for x in instances])
+            return self._maskiou_losses(
+                features, roi_features, mask_logits, instances, negatives, mask_losses
+            )
+        classes = cat([x.pred_classes for x in instances]).to(torch.int64)
+        mask_probs = _class_masks(mask_logits, classes).sigmoid()
         pred_maskiou = self.maskiou_head(roi_features, mask_probs)
         mask_iou_inference(pred_maskiou, instances, self.clamp_maskiou, self.overwrite_scores)
         return instances
 
-    def _maskiou_losses(self, features, roi_features, mask_logits, instances, negatives=None):
-        # The GT crops are the mask loss's targets and the MaskIoU targets' G_in: crop once.
-        crops = gt_mask_crops(instances, mask_logits.shape[-1])
-        loss_mask = mask_rcnn_loss(
-            mask_logits, _with_cropped_masks(instances, crops), self.mask_head.vis_period
-        )
-        losses = {"loss_mask": loss_mask * self.mask_head.loss_weight}
+    def _maskiou_losses(
+        self, features, roi_features, mask_logits, instances, negatives=None, mask_losses=None
+    ):
+        if mask_losses is None:
+            # The GT crops are the mask loss's targets and the MaskIoU targets' G_in: crop once.
+            crops = cat(gt_mask_crops(instances, mask_logits.shape[-1]))
+            loss_mask = mask_rcnn_loss(
+                mask_logits,
+                with_cropped_masks(instances, crops.split([len(x) for x in instances])),
+                getattr(self.mask_head, "vis_period", 0),  # a hook's head may lack them
+            )
+            losses = {"loss_mask": loss_mask * getattr(self.mask_head, "loss_weight", 1.0)}
+        else:  # a mask branch with losses of its own (mask_scoring_inputs)
+            crops, losses = None, dict(mask_losses)
         gt_classes = cat([x.gt_classes for x in instances]).to(torch.int64)
         mask_iou = mask_iou_targets(
-            mask_logits, instances, self.mask_logit_threshold, gt_crops=cat(crops)
+            mask_logits, instances, self.mask_logit_threshold, gt_crops=crops
         )
         targets = self._quality(mask_logits, instances, gt_classes, mask_iou)
 
         # The mask of the ground-truth class (channel 0 if masks are class-agnostic); the IoU
         # column is the ground-truth class either way, as at inference (predicted class).
-        channel = gt_classes if mask_logits.shape[1] > 1 else torch.zeros_like(gt_classes)
-        index = torch.arange(mask_logits.shape[0], device=mask_logits.device)
-        mask_probs = mask_logits[index, channel].unsqueeze(1).sigmoid()
+        mask_probs = _class_masks(mask_logits, gt_classes).sigmoid()
         if self.detach_mask:
             mask_probs = mask_probs.detach()
         if self.detach_features:
@@ -339,6 +386,13 @@ class MaskScoringMixin:
             storage.put_scalar("maskiou/abs_error", float((pred - targets[positive]).abs().mean()))
 
 
+def _class_masks(mask_logits: torch.Tensor, classes: torch.Tensor) -> torch.Tensor:
+    """(R, 1, M, M) logits of each RoI's class (channel 0 if the masks are class-agnostic)."""
+    channel = classes if mask_logits.shape[1] > 1 else torch.zeros_like(classes)
+    index = torch.arange(mask_logits.shape[0], device=mask_logits.device)
+    return mask_logits[index, channel].unsqueeze(1)
+
+
 def _replaced_mask_branch(cls):
     """The class after MaskScoringMixin in `cls`'s MRO whose `_forward_mask` the mixin
     overrides, if that is not StandardROIHeads' (None for StandardROIHeads, CascadeROIHeads)."""
@@ -347,34 +401,3 @@ def _replaced_mask_branch(cls):
         if "_forward_mask" in vars(klass):
             return None if klass is StandardROIHeads else klass
     return None
-
-
-class _CroppedMasks:
-    """Stands in for `gt_masks` in Detectron2's `mask_rcnn_loss`, which only calls
-    `crop_and_resize(proposal_boxes, M)`: it returns the crops computed already. This keeps
-    Detectron2's own loss (class-agnostic masks, metrics, visualization) instead of a copy."""
-
-    def __init__(self, crops: torch.Tensor):
-        self.crops = crops
-
-    def __len__(self):
-        return len(self.crops)
-
-    def crop_and_resize(self, boxes: torch.Tensor, mask_size: int) -> torch.Tensor:
-        if len(boxes) != len(self.crops) or mask_size != self.crops.shape[-1]:
-            raise ValueError(
-                f"precomputed crops are {tuple(self.crops.shape)}, asked for {len(boxes)} boxes "
-                f"at {mask_size}"
-            )
-        return self.crops
-
-
-def _with_cropped_masks(instances: List[Instances], crops: List[torch.Tensor]):
-    out = []
-    for inst, crop in zip(instances, crops):
-        view = Instances(inst.image_size, proposal_boxes=inst.proposal_boxes)
-        if len(inst):
-            view.gt_classes = inst.gt_classes
-            view.gt_masks = _CroppedMasks(crop)
-        out.append(view)
-    return out

@@ -14,7 +14,8 @@ def test_doc_has_examples_for_every_section():
     text = "\n".join(BLOCKS)
     assert len(BLOCKS) >= 6
     for used in ("add_ms_rcnn_config", "LazyConfig.load", "MaskScoringMixin", "trace_ms_rcnn",
-                 "CascadeMaskScoringROIHeads"):  # fmt: skip
+                 "CascadeMaskScoringROIHeads", "merge_config_file",
+                 "mask_scoring_inputs"):  # fmt: skip
         assert used in text, used
 
 

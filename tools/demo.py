@@ -33,6 +33,10 @@ ARMS = {
     # RoIs, and a boundary-aware quality target.
     "ms_rcnn_negatives": "configs/demo/ms_rcnn_R_18_demo_negatives.yaml",
     "ms_rcnn_boundary_target": "configs/demo/ms_rcnn_R_18_demo_boundary_target.yaml",
+    # Mask scoring on PointRend (docs/DESIGN.md): its baseline and the MaskIoU arm.
+    "pointrend": "configs/demo/pointrend_R_18_demo.yaml",
+    "ms_rcnn_pointrend": "configs/demo/ms_rcnn_pointrend_R_18_demo.yaml",
+    "ms_rcnn_pointrend_coarse": "configs/demo/ms_rcnn_pointrend_R_18_demo_coarse.yaml",
 }
 CALIBRATION_PLOT = "maskiou_calibration.png"
 ETA_LINE = re.compile(r"eta: (\S+)\s+iter: (\d+)\s+total_loss: ([\d.]+)")
@@ -87,11 +91,11 @@ def config_max_iter(arm):
     """SOLVER.MAX_ITER of an arm's config (with its _BASE_ files)."""
     from detectron2.config import get_cfg
 
-    from ms_rcnn import add_ms_rcnn_config
+    from ms_rcnn import add_ms_rcnn_config, merge_config_file
 
     cfg = get_cfg()
     add_ms_rcnn_config(cfg)
-    cfg.merge_from_file(os.path.join(ROOT, ARMS[arm]))
+    merge_config_file(cfg, os.path.join(ROOT, ARMS[arm]))
     return cfg.SOLVER.MAX_ITER
 
 

@@ -1,0 +1,102 @@
+"""The PointRend configs: each pair differs only where it should, PointRend's keys are added
+when (and only when) a config needs them, and tools/train_net.py trains and evaluates both."""
+
+import json
+
+import pytest
+from detectron2.config import get_cfg
+from test_train_net import ROOT, run_train_net
+
+from ms_rcnn import add_ms_rcnn_config, merge_config_file
+from ms_rcnn.config import uses_pointrend
+
+CONFIGS = ROOT / "configs"
+
+
+def load(path):
+    return merge_config_file(add_ms_rcnn_config(get_cfg()), str(CONFIGS / path))
+
+
+def flat(node, prefix=""):
+    out = {}
+    for key, value in node.items():
+        if isinstance(value, dict):
+            out.update(flat(value, f"{prefix}{key}."))
+        else:
+            out[prefix + key] = value
+    return out
+
+
+def differences(a, b):
+    fa, fb = flat(a), flat(b)
+    assert fa.keys() == fb.keys()
+    return {k for k in fa if fa[k] != fb[k]}
+
+
+def test_demo_pair_differs_only_in_the_roi_heads():
+    base = load("demo/pointrend_R_18_demo.yaml")
+    ms = load("demo/ms_rcnn_pointrend_R_18_demo.yaml")
+    assert differences(base, ms) == {"MODEL.ROI_HEADS.NAME"}
+    assert ms.MODEL.ROI_HEADS.NAME == "PointRendMaskScoringROIHeads"
+    assert base.MODEL.ROI_HEADS.NAME == "PointRendROIHeads"
+
+
+def test_demo_pointrend_differs_from_the_demo_mask_rcnn_only_in_its_mask_branch():
+    pointrend = load("demo/pointrend_R_18_demo.yaml")
+    mask_rcnn = get_cfg()
+    add_ms_rcnn_config(mask_rcnn)
+    # Same key set: PointRend's keys (and values) first, then the Mask R-CNN demo's on top.
+    merge_config_file(mask_rcnn, str(CONFIGS / "demo/pointrend_R_18_demo.yaml"))
+    mask_rcnn.merge_from_file(str(CONFIGS / "demo/mask_rcnn_R_18_demo.yaml"))
+    changed = differences(mask_rcnn, pointrend)
+    allowed = ("MODEL.ROI_MASK_HEAD.", "MODEL.POINT_HEAD.")
+    assert changed - {"MODEL.ROI_HEADS.NAME", "MODEL.ROI_BOX_HEAD.TRAIN_ON_PRED_BOXES"} == {
+        k for k in changed if k.startswith(allowed)
+    }
+    assert "MODEL.ROI_MASK_HEAD.NAME" in changed and "SOLVER.MAX_ITER" not in changed
+
+
+def test_coarse_variant_differs_only_in_the_scored_mask():
+    refined = load("demo/ms_rcnn_pointrend_R_18_demo.yaml")
+    coarse = load("demo/ms_rcnn_pointrend_R_18_demo_coarse.yaml")
+    assert differences(refined, coarse) == {"MODEL.ROI_MASKIOU_HEAD.POINTREND_MASK"}
+
+
+def test_r50_pair_differs_only_in_the_roi_heads_and_maskiou_keys():
+    base = load("PointRend/pointrend_rcnn_R_50_FPN_1x.yaml")
+    ms = load("PointRend/ms_rcnn_pointrend_R_50_FPN_1x.yaml")
+    changed = differences(base, ms)
+    assert "MODEL.ROI_HEADS.NAME" in changed
+    assert all(
+        k == "MODEL.ROI_HEADS.NAME" or k.startswith("MODEL.ROI_MASKIOU_HEAD.") for k in changed
+    )
+    assert ms.MODEL.POINT_HEAD.NUM_CLASSES == ms.MODEL.ROI_HEADS.NUM_CLASSES == 80
+    assert ms.MODEL.ROI_MASK_HEAD.POOLER_TYPE == ""
+
+
+def test_pointrend_keys_are_added_only_when_the_config_needs_them():
+    assert uses_pointrend(str(CONFIGS / "demo/ms_rcnn_pointrend_R_18_demo.yaml"))  # via _BASE_
+    assert not uses_pointrend(str(CONFIGS / "demo/ms_rcnn_R_18_demo.yaml"))
+    assert "POINT_HEAD" not in load("demo/ms_rcnn_R_18_demo.yaml").MODEL
+    with pytest.raises(FileNotFoundError, match="nope.yaml"):
+        load("nope.yaml")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("config", ["pointrend_R_18_demo.yaml", "ms_rcnn_pointrend_R_18_demo.yaml"])
+def test_train_net_trains_and_evaluates_the_demo_configs(tmp_path, config):
+    out = tmp_path / "run"
+    proc = run_train_net(
+        tmp_path, config, "OUTPUT_DIR", str(out),
+        "MODEL.POINT_HEAD.FC_DIM", "16", "MODEL.ROI_MASK_HEAD.FC_DIM", "32",
+    )  # fmt: skip
+    results = json.loads((out / "eval_results.json").read_text())
+    text = json.dumps(results)
+    assert "segm" in text and "bbox" in text
+    log = proc.stdout + proc.stderr + (out / "log.txt").read_text()
+    assert "loss_mask_point" in log and "loss_mask" in log
+    calibration = out / "inference" / "synthetic_shapes_tiny_val" / "calibration.json"
+    assert ("loss_maskiou" in log) == config.startswith("ms_rcnn")
+    if config.startswith("ms_rcnn"):  # the evaluator saw pred_maskiou
+        assert calibration.is_file()
+        assert (calibration.parent / "maskiou_calibration.png").is_file()
