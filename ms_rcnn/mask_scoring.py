@@ -301,12 +301,7 @@ class MaskScoringMixin:
 
         # The mask of the ground-truth class (channel 0 if masks are class-agnostic); the IoU
         # column is the ground-truth class either way, as at inference (predicted class).
-        mask_probs = _class_masks(mask_logits, gt_classes).sigmoid()
-        if self.detach_mask:
-            mask_probs = mask_probs.detach()
-        if self.detach_features:
-            roi_features = roi_features.detach()
-        pred_maskiou = self.maskiou_head(roi_features, mask_probs)
+        pred_maskiou = self._predict_maskiou_for_training(roi_features, mask_logits, gt_classes)
         self._log_maskiou_metrics(pred_maskiou.detach(), gt_classes, targets)
         # The paper's rule: positives count only where the mask overlaps its GT at all.
         terms = (pred_maskiou, gt_classes, targets, mask_iou > 0)
@@ -317,13 +312,21 @@ class MaskScoringMixin:
         losses["loss_maskiou"] = mask_iou_loss(*terms) * self.maskiou_loss_weight
         return losses
 
+    def _predict_maskiou_for_training(self, roi_features, mask_logits, classes):
+        """The head's IoU predictions for RoIs scored as `classes`, with the configured
+        gradient stops (DETACH_MASK, DETACH_FEATURES)."""
+        mask_probs = _class_masks(mask_logits, classes).sigmoid()
+        if self.detach_mask:
+            mask_probs = mask_probs.detach()
+        if self.detach_features:
+            roi_features = roi_features.detach()
+        return self.maskiou_head(roi_features, mask_probs)
+
     def _quality(self, mask_logits, instances, classes, mask_iou):
         """The head's target for RoIs whose mask is channel `classes` (see `quality_target`)."""
         if self.quality_target == "mask_iou":
             return mask_iou
-        channel = classes if mask_logits.shape[1] > 1 else torch.zeros_like(classes)
-        index = torch.arange(mask_logits.shape[0], device=mask_logits.device)
-        pred = mask_logits[index, channel].detach() > self.mask_logit_threshold
+        pred = _class_masks(mask_logits, classes)[:, 0].detach() > self.mask_logit_threshold
         boundary = boundary_iou_targets(pred, instances, self.boundary_width)
         return combine_quality(mask_iou, boundary, self.quality_target)
 
@@ -343,14 +346,7 @@ class MaskScoringMixin:
         with torch.set_grad_enabled(not self.detach_mask):
             mask_logits = self.mask_head.layers(roi_features)
         targets = self._negative_targets(mask_logits, negatives, classes)
-        channel = classes if mask_logits.shape[1] > 1 else torch.zeros_like(classes)
-        index = torch.arange(mask_logits.shape[0], device=mask_logits.device)
-        mask_probs = mask_logits[index, channel].unsqueeze(1).sigmoid()
-        if self.detach_mask:
-            mask_probs = mask_probs.detach()
-        if self.detach_features:
-            roi_features = roi_features.detach()
-        pred = self.maskiou_head(roi_features, mask_probs)
+        pred = self._predict_maskiou_for_training(roi_features, mask_logits, classes)
         get_event_storage().put_scalar("maskiou/num_neg", float(len(targets)))
         if len(targets):
             get_event_storage().put_scalar("maskiou/mean_target_neg", float(targets.mean()))
