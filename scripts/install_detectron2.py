@@ -108,7 +108,14 @@ for path in sorted(glob.glob(os.path.join(root, "configs", "**", "*.yaml"), recu
     step("project-yaml", path)
     cfg = get_cfg()
     ms_rcnn.add_ms_rcnn_config(cfg)
-    cfg.merge_from_file(path)
+    try:
+        ms_rcnn.merge_config_file(cfg, path)  # adds PointRend's keys where the config uses it
+    except ImportError as e:
+        # PointRend is optional: a Detectron2 without detectron2.projects (a non-editable build of
+        # main) runs everything else; its configs say how to get it when they are used.
+        if "uses PointRend" not in str(e):
+            raise
+        print("SMOKE-WARNING", path, "skipped:", e, flush=True)
 for path in sorted(glob.glob(os.path.join(root, "configs", "lazy", "*.py"))):
     step("project-lazy", path)
     LazyConfig.load(path)
