@@ -230,6 +230,14 @@ class RegexFix:
             )
 
 
+# pkg_resources is gone with setuptools >= 81. Upstream main has NOT fixed this (it still
+# imports pkg_resources; open PRs only): find the configs next to the module instead. Needed by
+# the v0.6 sdist and by a main checkout alike (see patch_checkout).
+MODEL_ZOO_FIXES = (
+    Fix("detectron2/model_zoo/model_zoo.py", "import pkg_resources\n", ""),
+    Fix("detectron2/model_zoo/model_zoo.py", MODEL_ZOO_OLD, MODEL_ZOO_NEW),
+)
+
 # v0.6 lines that break on today's libraries. Each comment names what breaks and the upstream
 # change the fix mirrors (commit on facebookresearch/detectron2 main), or says main has none.
 COMPAT_FIXES = (
@@ -245,10 +253,7 @@ COMPAT_FIXES = (
     # detectron2.export imports Caffe2 (gone from torch 2) on import, which TracingAdapter and
     # FlopCountAnalysis need. Upstream: d29378aa "deprecate some more caffe2 stuff" (optional).
     Fix("detectron2/export/__init__.py", "from .api import *\n", EXPORT_OPTIONAL_CAFFE2),
-    # pkg_resources is gone with setuptools >= 81. Upstream main has NOT fixed this (it still
-    # imports pkg_resources; open PRs only): find the configs next to the module instead.
-    Fix("detectron2/model_zoo/model_zoo.py", "import pkg_resources\n", ""),
-    Fix("detectron2/model_zoo/model_zoo.py", MODEL_ZOO_OLD, MODEL_ZOO_NEW),
+    *MODEL_ZOO_FIXES,
     # Python >= 3.11: random.sample no longer accepts a set, so MapDataset crashes as soon as a
     # mapper returns None (a skipped sample). Upstream: 400a49c1 "random sample from set".
     Fix(
@@ -506,10 +511,9 @@ def patch_checkout(src):
     for old, new in SETUP_NO_EXTENSION:
         replace_exactly(src / "setup.py", old, new)
     fixed = ["_C stand-in", "no extension"]
-    zoo = pkg / "model_zoo/model_zoo.py"
-    if "import pkg_resources\n" in zoo.read_text():
-        replace_exactly(zoo, "import pkg_resources\n", "")
-        replace_exactly(zoo, MODEL_ZOO_OLD, MODEL_ZOO_NEW)
+    if "import pkg_resources\n" in (pkg / "model_zoo/model_zoo.py").read_text():
+        for fix in MODEL_ZOO_FIXES:
+            fix.apply(src)
         fixed.append("model_zoo without pkg_resources")
     log("patched checkout: " + ", ".join(fixed))
 
