@@ -51,6 +51,17 @@ def tiny_cfg(roi_heads="StandardROIHeads", mask_format="polygon", num_classes=3)
     return cfg
 
 
+def flatten_config(node, prefix=""):
+    """{"A.B.C": value} for a nested config (a CfgNode or the dict of a YAML file)."""
+    out = {}
+    for key, value in node.items():
+        if isinstance(value, dict):
+            out.update(flatten_config(value, f"{prefix}{key}."))
+        else:
+            out[prefix + key] = value
+    return out
+
+
 def square_polygon(x0, y0, x1, y1):
     return [[x0, y0, x1, y0, x1, y1, x0, y1]]
 

@@ -5,6 +5,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from conftest import flatten_config
 from detectron2.config import get_cfg
 from detectron2.modeling import build_model
 
@@ -36,22 +37,12 @@ def test_bases_stay_inside_configs():
             assert resolved.is_file() and CONFIG_DIR in resolved.parents, (path, base)
 
 
-def _flatten(node, prefix=""):
-    out = {}
-    for key, value in node.items():
-        if isinstance(value, dict):
-            out.update(_flatten(value, f"{prefix}{key}."))
-        else:
-            out[prefix + key] = value
-    return out
-
-
 def test_base_agrees_with_model_zoo():
     from detectron2 import model_zoo
 
-    ours = _flatten(yaml.safe_load((CONFIG_DIR / "Base-RCNN-FPN.yaml").read_text()))
+    ours = flatten_config(yaml.safe_load((CONFIG_DIR / "Base-RCNN-FPN.yaml").read_text()))
     zoo_path = model_zoo.get_config_file("Base-RCNN-FPN.yaml")
-    theirs = _flatten(yaml.safe_load(Path(zoo_path).read_text()))
+    theirs = flatten_config(yaml.safe_load(Path(zoo_path).read_text()))
     assert ours == theirs
 
 
@@ -71,7 +62,7 @@ def test_baseline_and_ms_rcnn_twins_differ_only_in_roi_heads(prefix, minimum):
     assert len(twins) >= minimum
     for ms_path in twins:
         base_path = folder / ms_path.name.replace("ms_rcnn_", "mask_rcnn_")
-        ms, base = _flatten(load(ms_path)), _flatten(load(base_path))
+        ms, base = flatten_config(load(ms_path)), flatten_config(load(base_path))
         differing = {k for k in ms if ms[k] != base[k]}
         assert differing == {"MODEL.ROI_HEADS.NAME"}, (ms_path.name, differing)
 
@@ -81,6 +72,6 @@ def test_cascade_baseline_agrees_with_model_zoo(schedule):
     from detectron2 import model_zoo
 
     name = f"cascade_mask_rcnn_R_50_FPN_{schedule}.yaml"
-    ours = _flatten(load(CONFIG_DIR / "COCO-InstanceSegmentation" / name))
-    theirs = _flatten(load(model_zoo.get_config_file(f"Misc/{name}")))
+    ours = flatten_config(load(CONFIG_DIR / "COCO-InstanceSegmentation" / name))
+    theirs = flatten_config(load(model_zoo.get_config_file(f"Misc/{name}")))
     assert ours == theirs  # and the twin test ties cascade_ms_rcnn_* to these

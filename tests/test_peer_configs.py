@@ -4,6 +4,7 @@ peers differ from Detectron2, and nowhere else."""
 from pathlib import Path
 
 import pytest
+from conftest import flatten_config
 from detectron2.config import get_cfg
 
 import ms_rcnn
@@ -15,17 +16,7 @@ def flat(name):
     cfg = get_cfg()
     ms_rcnn.add_ms_rcnn_config(cfg)
     cfg.merge_from_file(str(CONFIGS / name))
-    out = {}
-
-    def walk(node, prefix):
-        for k, v in node.items():
-            if isinstance(v, dict):
-                walk(v, f"{prefix}{k}.")
-            else:
-                out[prefix + k] = v
-
-    walk(cfg, "")
-    return out
+    return flatten_config(cfg)
 
 
 def differences(peer_config, current_config):

@@ -4,6 +4,7 @@ when (and only when) a config needs them, and tools/train_net.py trains and eval
 import json
 
 import pytest
+from conftest import flatten_config
 from detectron2.config import get_cfg
 from test_train_net import ROOT, run_train_net
 
@@ -17,18 +18,8 @@ def load(path):
     return merge_config_file(add_ms_rcnn_config(get_cfg()), str(CONFIGS / path))
 
 
-def flat(node, prefix=""):
-    out = {}
-    for key, value in node.items():
-        if isinstance(value, dict):
-            out.update(flat(value, f"{prefix}{key}."))
-        else:
-            out[prefix + key] = value
-    return out
-
-
 def differences(a, b):
-    fa, fb = flat(a), flat(b)
+    fa, fb = flatten_config(a), flatten_config(b)
     assert fa.keys() == fb.keys()
     return {k for k in fa if fa[k] != fb[k]}
 
