@@ -39,7 +39,7 @@ $(STAMPS)/torch: constraints.txt $(STAMPS)/venv
 	$(PIP) install -c constraints.txt torch torchvision setuptools
 	@touch $@
 
-$(STAMPS)/detectron2: scripts/install_detectron2.py constraints.txt $(STAMPS)/torch
+$(STAMPS)/detectron2: scripts/install_detectron2.py scripts/detectron2_patches.py constraints.txt $(STAMPS)/torch
 	$(PY) scripts/install_detectron2.py
 	@touch $@
 

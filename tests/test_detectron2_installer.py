@@ -23,6 +23,12 @@ def installer():
     return module
 
 
+@pytest.fixture(scope="module")
+def patches(installer):
+    """scripts/detectron2_patches.py, as the installer imported it."""
+    return sys.modules["detectron2_patches"]
+
+
 def fake_detectron2(root, dist_name, c_module):
     """A site directory with a `detectron2` package and the dist-info that installed it."""
     pkg = root / "detectron2"
@@ -44,26 +50,26 @@ def probe(installer, site, monkeypatch):
     return json.loads(proc.stdout), installer.stale_fallback()
 
 
-def test_fallback_built_by_the_old_script_is_rebuilt(installer, tmp_path, monkeypatch):
+def test_fallback_built_by_the_old_script_is_rebuilt(installer, patches, tmp_path, monkeypatch):
     # The old script wrote the stand-in without a fingerprint.
-    site = fake_detectron2(tmp_path, "pb1-detectron2", installer.C_STANDIN)
+    site = fake_detectron2(tmp_path, "pb1-detectron2", patches.C_STANDIN)
     found, stale = probe(installer, site, monkeypatch)
     assert found == {"fallback": True, "fingerprint": None}
     assert stale
 
 
-def test_fallback_with_other_fixes_is_rebuilt(installer, tmp_path, monkeypatch):
+def test_fallback_with_other_fixes_is_rebuilt(installer, patches, tmp_path, monkeypatch):
     site = fake_detectron2(
-        tmp_path, "pb1-detectron2", installer.C_STANDIN + "FALLBACK_FINGERPRINT = 'feedc0de'\n"
+        tmp_path, "pb1-detectron2", patches.C_STANDIN + "FALLBACK_FINGERPRINT = 'feedc0de'\n"
     )
     found, stale = probe(installer, site, monkeypatch)
     assert found == {"fallback": True, "fingerprint": "feedc0de"}
     assert stale
 
 
-def test_current_fallback_is_kept(installer, tmp_path, monkeypatch):
+def test_current_fallback_is_kept(installer, patches, tmp_path, monkeypatch):
     marker = f"FALLBACK_FINGERPRINT = {installer.FALLBACK_FINGERPRINT!r}\n"
-    site = fake_detectron2(tmp_path, "pb1-detectron2", installer.C_STANDIN + marker)
+    site = fake_detectron2(tmp_path, "pb1-detectron2", patches.C_STANDIN + marker)
     found, stale = probe(installer, site, monkeypatch)
     assert found["fallback"] and not stale
 
@@ -77,12 +83,12 @@ def test_users_own_upstream_build_is_kept(installer, tmp_path, monkeypatch):
     assert not stale
 
 
-def test_stand_in_not_installed_by_the_sdist_is_not_ours(installer, tmp_path, monkeypatch):
+def test_stand_in_not_installed_by_the_sdist_is_not_ours(installer, patches, tmp_path, monkeypatch):
     # A checkout built without compiled ops that carries the same stand-in, installed under the
     # name `detectron2`: not the sdist fallback, so its (missing) fingerprint does not matter,
     # even with a pb1-detectron2 dist-info elsewhere on the path.
-    site = fake_detectron2(tmp_path / "checkout", "detectron2", installer.C_STANDIN)
-    elsewhere = fake_detectron2(tmp_path / "old", "pb1-detectron2", installer.C_STANDIN)
+    site = fake_detectron2(tmp_path / "checkout", "detectron2", patches.C_STANDIN)
+    elsewhere = fake_detectron2(tmp_path / "old", "pb1-detectron2", patches.C_STANDIN)
     monkeypatch.setenv("PYTHONPATH", f"{site}:{elsewhere}")
     assert json.loads(installer.run_python(installer.FALLBACK_PROBE).stdout)["fallback"] is False
     assert not installer.stale_fallback()
@@ -121,10 +127,10 @@ def test_main_rebuilds_only_when_needed(installer, monkeypatch, force, stale, wo
     assert calls == ["deps", "checkout /src/d2", "features"]
 
 
-def test_compat_fix_refuses_a_source_it_was_not_written_for(installer, tmp_path):
+def test_compat_fix_refuses_a_source_it_was_not_written_for(patches, tmp_path):
     (tmp_path / "detectron2/data").mkdir(parents=True)
     (tmp_path / "detectron2/data/common.py").write_text("cur_idx = self._rng.choice(pool)\n")
-    fix = next(f for f in installer.COMPAT_FIXES if getattr(f, "path", "").endswith("common.py"))
+    fix = next(f for f in patches.COMPAT_FIXES if getattr(f, "path", "").endswith("common.py"))
     with pytest.raises(SystemExit, match="common.py"):
         fix.apply(tmp_path)
 
