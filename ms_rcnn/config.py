@@ -147,3 +147,27 @@ def merge_config_file(cfg, config_file: str):
             import_point_rend().add_pointrend_config(cfg)
     cfg.merge_from_file(config_file)
     return cfg
+
+
+def check_pointrend_config(cfg) -> None:
+    """Cross-key rules of a PointRend config, checked before a model is built.
+
+    PointRend's point head has its own class count, `MODEL.POINT_HEAD.NUM_CLASSES` (80 by
+    default), which must equal `MODEL.ROI_HEADS.NUM_CLASSES`; PointRend only asserts it, deep in
+    the model's construction, without naming either key. Setting `NUM_CLASSES` for one's own
+    dataset and forgetting the second key is the usual way to hit it. Raises a ValueError that
+    names both keys and the override to add. A config without PointRend passes.
+    """
+    if "POINT_HEAD" not in cfg.MODEL:
+        return
+    heads, mask_head = cfg.MODEL.ROI_HEADS.NAME, cfg.MODEL.ROI_MASK_HEAD.NAME
+    if not (cfg.MODEL.MASK_ON and (heads.startswith("PointRend") or "PointRend" in mask_head)):
+        return
+    roi_classes, point_classes = cfg.MODEL.ROI_HEADS.NUM_CLASSES, cfg.MODEL.POINT_HEAD.NUM_CLASSES
+    if roi_classes != point_classes:
+        raise ValueError(
+            f"MODEL.ROI_HEADS.NUM_CLASSES={roi_classes} but MODEL.POINT_HEAD.NUM_CLASSES="
+            f"{point_classes}: PointRend's point head predicts one mask per class, so the two "
+            f"must be equal; add `MODEL.POINT_HEAD.NUM_CLASSES {roi_classes}` to the overrides "
+            "(or set both in the config file)"
+        )

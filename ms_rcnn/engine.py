@@ -19,7 +19,7 @@ from detectron2.utils import comm
 from . import data  # noqa: F401  (registers the synthetic_shapes datasets for YAML configs)
 from .box_predictor import SoftNMSFastRCNNOutputLayers
 from .checkpoint import MSRCNNCheckpointer
-from .config import add_ms_rcnn_config, merge_config_file
+from .config import add_ms_rcnn_config, check_pointrend_config, merge_config_file
 from .data.user_datasets import check_config_datasets, register_coco_from_args
 from .evaluation import build_ms_rcnn_evaluator, save_eval_results
 from .tta import MaskScoringRCNNWithTTA, check_tta_supported
@@ -167,6 +167,7 @@ def setup(args):
             f"MODEL.DEVICE={cfg.MODEL.DEVICE}, but torch sees no GPU here; add `MODEL.DEVICE cpu`"
         )
     check_config_datasets(cfg, registered)
+    check_pointrend_config(cfg)
     cfg.freeze()
     default_setup(cfg, args)
     if cfg.MODEL.DEVICE == "cpu":

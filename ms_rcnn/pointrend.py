@@ -28,6 +28,7 @@ from detectron2.layers import ShapeSpec, interpolate
 from detectron2.modeling import ROI_HEADS_REGISTRY
 from detectron2.structures import Instances
 
+from .config import check_pointrend_config
 from .mask_branch import MaskScoringInputs
 from .mask_scoring import MaskScoringMixin
 
@@ -110,6 +111,7 @@ class PointRendMaskScoringROIHeads(MaskScoringMixin, _roi_heads_module.PointRend
                 f"MODEL.ROI_HEADS.NAME={cls.__name__} (PointRend) needs INPUT.MASK_FORMAT "
                 f"'bitmask', got {cfg.INPUT.MASK_FORMAT!r}"
             )
+        check_pointrend_config(cfg)  # before PointRend's bare assert on the class counts
         ret = super().from_config(cfg, input_shape)
         ret["pointrend_mask"] = cfg.MODEL.ROI_MASKIOU_HEAD.POINTREND_MASK
         return ret

@@ -22,7 +22,7 @@ from detectron2.evaluation.coco_evaluation import instances_to_coco_json
 from detectron2.modeling import build_model
 
 from .checkpoint import MSRCNNCheckpointer
-from .config import add_ms_rcnn_config, merge_config_file
+from .config import add_ms_rcnn_config, check_pointrend_config, merge_config_file
 from .data.user_datasets import check_num_classes, register_coco_datasets
 from .evaluation.coco_evaluation import add_score_fields
 
@@ -133,6 +133,7 @@ def predict_config(config_file: str, opts: Sequence[str], confidence_threshold: 
     try:
         merge_config_file(cfg, config_file)  # with PointRend's keys when the file needs them
         cfg.merge_from_list(list(opts))
+        check_pointrend_config(cfg)
     except (KeyError, ValueError, AssertionError) as e:  # yacs' errors for unknown keys/values
         raise InputError(f"config {config_file} with overrides {list(opts)}: {e}") from e
     if cfg.MODEL.DEVICE.startswith("cuda") and not torch.cuda.is_available():

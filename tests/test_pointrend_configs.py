@@ -91,3 +91,70 @@ def test_train_net_trains_and_evaluates_the_demo_configs(tmp_path, config):
     if config.startswith("ms_rcnn"):  # the evaluator saw pred_maskiou
         assert calibration.is_file()
         assert (calibration.parent / "maskiou_calibration.png").is_file()
+
+
+# The class count a user sets for their own data: PointRend's point head has a second one,
+# MODEL.POINT_HEAD.NUM_CLASSES (80 by default), which PointRend only asserts equal, without
+# naming either key, deep inside the model's construction (a bare AssertionError before).
+CLASS_COUNT_ERROR = r"NUM_CLASSES=4 but MODEL.POINT_HEAD.NUM_CLASSES=80.*POINT_HEAD.NUM_CLASSES 4"
+
+
+@pytest.mark.parametrize(
+    "config", ["demo/pointrend_R_18_demo.yaml", "PointRend/ms_rcnn_pointrend_R_50_FPN_1x.yaml"]
+)
+def test_point_head_class_count_must_match_the_roi_heads(config):
+    from ms_rcnn.config import check_pointrend_config
+
+    cfg = load(config)
+    check_pointrend_config(cfg)  # as shipped: 80 and 80, or 6 and 6
+    cfg.MODEL.ROI_HEADS.NUM_CLASSES = 4
+    with pytest.raises(
+        ValueError, match=CLASS_COUNT_ERROR.replace("=80", f"={cfg.MODEL.POINT_HEAD.NUM_CLASSES}")
+    ):
+        check_pointrend_config(cfg)
+    cfg.MODEL.POINT_HEAD.NUM_CLASSES = 4
+    check_pointrend_config(cfg)
+
+
+def test_class_count_check_leaves_other_configs_alone():
+    from ms_rcnn.config import check_pointrend_config
+
+    cfg = load("demo/ms_rcnn_R_18_demo.yaml")  # no PointRend keys at all
+    cfg.MODEL.ROI_HEADS.NUM_CLASSES = 4
+    check_pointrend_config(cfg)
+    cfg = load("demo/pointrend_R_18_demo.yaml")
+    cfg.MODEL.ROI_HEADS.NUM_CLASSES = 4
+    cfg.MODEL.MASK_ON = False  # a box-only model builds no point head
+    check_pointrend_config(cfg)
+
+
+def test_train_net_predict_and_the_python_api_name_the_point_head_class_count(tmp_path):
+    from types import SimpleNamespace
+
+    from detectron2.modeling import build_model
+
+    from ms_rcnn.engine import setup
+    from ms_rcnn.predict import InputError, predict_config
+
+    config = str(CONFIGS / "PointRend" / "ms_rcnn_pointrend_R_50_FPN_1x.yaml")
+    opts = [
+        "MODEL.ROI_HEADS.NUM_CLASSES",
+        "4",
+        "MODEL.DEVICE",
+        "cpu",
+        "OUTPUT_DIR",
+        str(tmp_path / "out"),
+    ]
+    args = SimpleNamespace(config_file=config, register_coco=[], eval_only=False,
+                           resume=False, num_gpus=1, opts=opts)  # fmt: skip
+    with pytest.raises(ValueError, match=CLASS_COUNT_ERROR):
+        setup(args)
+    assert not (tmp_path / "out").exists()  # refused before anything was written
+    with pytest.raises(InputError, match=CLASS_COUNT_ERROR):
+        predict_config(config, opts, 0.5)
+
+    cfg = load("demo/ms_rcnn_pointrend_R_18_demo.yaml")  # a user building the model in Python
+    cfg.MODEL.ROI_HEADS.NUM_CLASSES = 4
+    cfg.MODEL.DEVICE = "cpu"
+    with pytest.raises(ValueError, match=r"POINT_HEAD.NUM_CLASSES 4"):
+        build_model(cfg)
