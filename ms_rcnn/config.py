@@ -156,12 +156,18 @@ def check_pointrend_config(cfg) -> None:
     default), which must equal `MODEL.ROI_HEADS.NUM_CLASSES`; PointRend only asserts it, deep in
     the model's construction, without naming either key. Setting `NUM_CLASSES` for one's own
     dataset and forgetting the second key is the usual way to hit it. Raises a ValueError that
-    names both keys and the override to add. A config without PointRend passes.
+    names both keys and the override to add, exactly where PointRend would assert: a mask head
+    that builds a point head (`ImplicitPointRendMaskHead` always; `PointRendMaskHead`, which
+    `PointRendROIHeads` also makes of a legacy `CoarseMaskHead`, unless `POINT_HEAD_ON` is off).
     """
-    if "POINT_HEAD" not in cfg.MODEL:
+    if "POINT_HEAD" not in cfg.MODEL or not cfg.MODEL.MASK_ON:
         return
     heads, mask_head = cfg.MODEL.ROI_HEADS.NAME, cfg.MODEL.ROI_MASK_HEAD.NAME
-    if not (cfg.MODEL.MASK_ON and (heads.startswith("PointRend") or "PointRend" in mask_head)):
+    pointrend_mask_head = mask_head == "PointRendMaskHead" or heads.startswith("PointRend")
+    builds_point_head = mask_head == "ImplicitPointRendMaskHead" or (
+        pointrend_mask_head and cfg.MODEL.ROI_MASK_HEAD.POINT_HEAD_ON
+    )
+    if not builds_point_head:
         return
     roi_classes, point_classes = cfg.MODEL.ROI_HEADS.NUM_CLASSES, cfg.MODEL.POINT_HEAD.NUM_CLASSES
     if roi_classes != point_classes:

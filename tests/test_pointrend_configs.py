@@ -4,8 +4,10 @@ when (and only when) a config needs them, and tools/train_net.py trains and eval
 import json
 
 import pytest
+import torch
 from conftest import flatten_config
 from detectron2.config import get_cfg
+from detectron2.modeling import build_model
 from test_train_net import ROOT, run_train_net
 
 from ms_rcnn import add_ms_rcnn_config, merge_config_file
@@ -126,12 +128,15 @@ def test_class_count_check_leaves_other_configs_alone():
     cfg.MODEL.ROI_HEADS.NUM_CLASSES = 4
     cfg.MODEL.MASK_ON = False  # a box-only model builds no point head
     check_pointrend_config(cfg)
+    cfg.MODEL.MASK_ON = True
+    cfg.MODEL.ROI_MASK_HEAD.POINT_HEAD_ON = False  # coarse masks only: no point head either
+    check_pointrend_config(cfg)
+    torch.manual_seed(0)
+    build_model(cfg)  # and PointRend agrees: it builds with the two counts apart
 
 
 def test_train_net_predict_and_the_python_api_name_the_point_head_class_count(tmp_path):
     from types import SimpleNamespace
-
-    from detectron2.modeling import build_model
 
     from ms_rcnn.engine import setup
     from ms_rcnn.predict import InputError, predict_config
