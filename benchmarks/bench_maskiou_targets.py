@@ -27,7 +27,7 @@ sys.path.insert(0, HERE)
 
 from common import command, machine, median_ms  # noqa: E402
 
-from ms_rcnn.maskiou_targets import gt_mask_crops, mask_iou_targets  # noqa: E402
+from ms_rcnn.modeling.maskiou_targets import gt_mask_crops, mask_iou_targets  # noqa: E402
 
 H, W, M, K, ROIS, GTS = 800, 1333, 28, 80, 128, 8
 

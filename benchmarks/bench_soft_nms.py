@@ -32,7 +32,7 @@ sys.path.insert(0, os.path.join(ROOT, "tests"))
 from common import build_r50_fpn, calibrate_frozen_bn, machine, median_ms, timed_calls  # noqa: E402
 from test_soft_nms import reference_soft_nms  # noqa: E402  (the one plain-loop reference)
 
-from ms_rcnn.soft_nms import batched_soft_nms  # noqa: E402
+from ms_rcnn.modeling.soft_nms import batched_soft_nms  # noqa: E402
 
 
 def detection_workload(num_proposals=1000, num_classes=80, num_objects=20, seed=0):
@@ -116,7 +116,7 @@ def _implementations(b, s, c):
 
 
 def e2e_rows(args):
-    from ms_rcnn.box_predictor import SoftNMSFastRCNNOutputLayers
+    from ms_rcnn.modeling.box_predictor import SoftNMSFastRCNNOutputLayers
 
     g = torch.Generator().manual_seed(args.seed)
     image = torch.randint(0, 256, (3, 800, 1333), generator=g, dtype=torch.uint8)

@@ -79,7 +79,7 @@ def run_setting(setting, steps):
     from detectron2.solver import build_optimizer
     from detectron2.utils.events import EventStorage
 
-    import ms_rcnn.mask_scoring as mask_scoring
+    import ms_rcnn.modeling.mask_scoring as mask_scoring
 
     cfgs = {
         name: settings_cfg(setting, name) for name in ("StandardROIHeads", "MaskScoringROIHeads")

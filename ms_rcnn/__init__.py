@@ -18,23 +18,26 @@ except ImportError as e:
         "Detectron2 from an upstream git checkout. See README.md, 'Installing'."
     ) from e
 
-from .anchor_generator import MaskrcnnBenchmarkAnchorGenerator
-from .box_predictor import SoftNMSFastRCNNOutputLayers
-from .cascade import CascadeMaskScoringROIHeads
 from .config import add_ms_rcnn_config, merge_config_file
-from .mask_branch import MaskScoringInputs
-from .mask_scoring import MaskScoringMixin
-from .maskiou_head import (
+from .modeling import (
     ROI_MASKIOU_HEAD_REGISTRY,
+    CascadeMaskScoringROIHeads,
     MaskIoUHead,
+    MaskrcnnBenchmarkAnchorGenerator,
+    MaskScoringInputs,
+    MaskScoringMixin,
+    MaskScoringRCNNWithTTA,
+    MaskScoringROIHeads,
+    SoftNMSFastRCNNOutputLayers,
+    SoftNMSROIHeads,
+    batched_soft_nms,
     build_maskiou_head,
+    gt_mask_crops,
     mask_iou_inference,
     mask_iou_loss,
+    mask_iou_targets,
+    soft_nms,
 )
-from .maskiou_targets import gt_mask_crops, mask_iou_targets
-from .roi_heads import MaskScoringROIHeads, SoftNMSROIHeads
-from .soft_nms import batched_soft_nms, soft_nms
-from .tta import MaskScoringRCNNWithTTA
 
 __all__ = [
     "__version__",

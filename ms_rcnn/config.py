@@ -59,9 +59,9 @@ def _add_maskiou_head_config(cfg):
         # Train only the MaskIoU head: freeze every other parameter (start from a trained
         # Mask R-CNN checkpoint).
         "TRAIN_ONLY_MASKIOU": False,
-        # What the head learns to predict (ms_rcnn/quality_targets.py): "mask_iou" (the paper),
-        # "boundary_iou" (boundary IoU with the whole GT), or with both "min", "mean" or
-        # "product".
+        # What the head learns to predict (ms_rcnn/modeling/quality_targets.py): "mask_iou"
+        # (the paper), "boundary_iou" (boundary IoU with the whole GT), or with both "min",
+        # "mean" or "product".
         "TARGET": "mask_iou",
         # Boundary band of the boundary IoU targets, in cells of the mask head's M x M grid.
         "BOUNDARY_WIDTH": 1,
@@ -91,7 +91,7 @@ def _add_soft_nms_config(cfg):
         # iou > IOU_THRESHOLD; "hard": plain NMS at IOU_THRESHOLD.
         "METHOD": "gaussian",
         # Gaussian decay width (> 0): the paper's 0.6. (Bodla et al.'s Soft-NMS code, with the
-        # same formula, defaults to 0.5, as do the `ms_rcnn.soft_nms` functions.)
+        # same formula, defaults to 0.5, as do the `ms_rcnn.modeling.soft_nms` functions.)
         "SIGMA": 0.6,
         # Overlap above which "linear" decays and "hard" suppresses, in [0, 1].
         "IOU_THRESHOLD": 0.3,
@@ -141,7 +141,7 @@ def merge_config_file(cfg, config_file: str):
     if not os.path.isfile(config_file):
         raise FileNotFoundError(f"config file {config_file}: no such file")
     if uses_pointrend(config_file):
-        from .pointrend import import_point_rend  # registers PointRendMaskScoringROIHeads
+        from .modeling.pointrend import import_point_rend  # registers PointRendMaskScoringROIHeads
 
         if "POINT_HEAD" not in cfg.MODEL:  # add_pointrend_config overwrites: add once
             import_point_rend().add_pointrend_config(cfg)

@@ -17,12 +17,12 @@ from detectron2.layers import FrozenBatchNorm2d
 from detectron2.utils import comm
 
 from . import data  # noqa: F401  (registers the synthetic_shapes datasets for YAML configs)
-from .box_predictor import SoftNMSFastRCNNOutputLayers
 from .checkpoint import MSRCNNCheckpointer
 from .config import add_ms_rcnn_config, check_pointrend_config, merge_config_file
 from .data.user_datasets import check_config_datasets, register_coco_from_args
 from .evaluation import build_ms_rcnn_evaluator, save_eval_results
-from .tta import MaskScoringRCNNWithTTA, check_tta_supported
+from .modeling.box_predictor import SoftNMSFastRCNNOutputLayers
+from .modeling.tta import MaskScoringRCNNWithTTA, check_tta_supported
 
 __all__ = ["Trainer", "setup", "main", "freeze_all_but_maskiou"]
 

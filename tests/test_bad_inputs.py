@@ -22,7 +22,7 @@ from detectron2.utils.events import EventStorage
 
 from ms_rcnn import ROI_MASKIOU_HEAD_REGISTRY, MaskIoUHead, mask_iou_targets
 from ms_rcnn.checkpoint import MSRCNNCheckpointer
-from ms_rcnn.maskiou_head import mask_iou_loss
+from ms_rcnn.modeling.maskiou_head import mask_iou_loss
 
 
 def train_step(model, batch):
@@ -113,7 +113,7 @@ def test_build_time_check_leaves_the_random_stream_alone(monkeypatch):
     """The check runs the model's heads once; the model's initial weights and the random
     stream after building must be what they are without it (the baseline and MS R-CNN share
     their initial weights for a seed, and the demo's comparison relies on it)."""
-    import ms_rcnn.mask_scoring as ms
+    import ms_rcnn.modeling.mask_scoring as ms
 
     def build():
         torch.manual_seed(0)

@@ -109,7 +109,7 @@ def test_evaluation_refuses_an_absent_layer(tmp_path):
 
 
 def test_predictor_loads_strictly(tmp_path):
-    from ms_rcnn.predictor import MSRCNNPredictor
+    from ms_rcnn.predict.predictor import MSRCNNPredictor
 
     def no_maskiou_head(state):
         for k in [k for k in state if k.startswith("roi_heads.maskiou_head.")]:

@@ -13,7 +13,7 @@ from peer_checkpoints import peer_checkpoint
 from ms_rcnn.conversion import ConversionError, convert_state_dict, unwrap_checkpoint
 from ms_rcnn.conversion.cli import REPO, main
 from ms_rcnn.conversion.verify import build_model_from_config, check_fits, check_loads_exactly
-from ms_rcnn.maskiou_head import MaskIoUHead
+from ms_rcnn.modeling.maskiou_head import MaskIoUHead
 
 SOURCE = {"official": "maskrcnn-benchmark", "mmdet": "mmdet"}
 MMDET_META = {"mmdet_version": "2.1.0", "config": "backbone=dict(style='caffe')\nto_rgb=False"}

@@ -1,12 +1,12 @@
-"""A traced MS R-CNN (ms_rcnn.export.trace_ms_rcnn) gives the eager model's outputs, MaskIoU
-fields included, on the traced image and on other images, of the same size or not."""
+"""A traced MS R-CNN (ms_rcnn.modeling.export.trace_ms_rcnn) gives the eager model's outputs,
+MaskIoU fields included, on the traced image and on other images, of the same size or not."""
 
 import pytest
 import torch
 from conftest import make_batch, tiny_cfg
 from detectron2.modeling import build_model
 
-from ms_rcnn.export import OUTPUT_FIELDS, trace_ms_rcnn
+from ms_rcnn.modeling.export import OUTPUT_FIELDS, trace_ms_rcnn
 
 
 def tiny_model(roi_heads="MaskScoringROIHeads"):

@@ -8,7 +8,7 @@ from detectron2.structures import Instances
 from torch.nn import functional as F
 
 from ms_rcnn import add_ms_rcnn_config, build_maskiou_head
-from ms_rcnn.maskiou_head import MaskIoUHead, mask_iou_inference, mask_iou_loss
+from ms_rcnn.modeling.maskiou_head import MaskIoUHead, mask_iou_inference, mask_iou_loss
 
 
 def paper_head(num_classes=80):

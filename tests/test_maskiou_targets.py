@@ -1,4 +1,4 @@
-"""Tests for ms_rcnn.maskiou_targets.
+"""Tests for ms_rcnn.modeling.maskiou_targets.
 
 Expectations come from independent computations, not from the code under test:
 - a brute-force IoU at image resolution: the binarized M x M prediction is pasted back into its
@@ -19,8 +19,8 @@ from detectron2.structures import BitMasks, Boxes, Instances, PolygonMasks
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-import ms_rcnn.maskiou_targets as mt
-from ms_rcnn.maskiou_targets import mask_iou_targets
+import ms_rcnn.modeling.maskiou_targets as mt
+from ms_rcnn.modeling.maskiou_targets import mask_iou_targets
 
 # ----------------------------------------------------------------------------- helpers
 

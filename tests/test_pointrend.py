@@ -11,7 +11,7 @@ from detectron2.modeling import build_model
 from detectron2.structures import Boxes, Instances
 from detectron2.utils.events import EventStorage
 
-from ms_rcnn.pointrend import import_point_rend
+from ms_rcnn.modeling.pointrend import import_point_rend
 
 point_rend = import_point_rend()
 
@@ -189,7 +189,7 @@ def test_bad_settings_are_refused_naming_the_key():
 
 
 def test_export_is_refused_with_a_clear_message():
-    from ms_rcnn.export import trace_ms_rcnn
+    from ms_rcnn.modeling.export import trace_ms_rcnn
 
     model = build()
     with pytest.raises(ValueError, match="PointRendMaskScoringROIHeads.*trac"):

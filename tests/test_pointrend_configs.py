@@ -139,7 +139,7 @@ def test_train_net_predict_and_the_python_api_name_the_point_head_class_count(tm
     from types import SimpleNamespace
 
     from ms_rcnn.engine import setup
-    from ms_rcnn.predict import InputError, predict_config
+    from ms_rcnn.predict.pipeline import InputError, predict_config
 
     config = str(CONFIGS / "PointRend" / "ms_rcnn_pointrend_R_50_FPN_1x.yaml")
     opts = [

@@ -50,7 +50,7 @@ def setup_dir(tmp_path_factory):
 
 
 def predict_args(setup_dir, out, *extra, arm="ms", inputs=None, weights=None):
-    from ms_rcnn.predict_cli import build_parser
+    from ms_rcnn.predict.cli import build_parser
 
     images = setup_dir / "shapes" / "images"
     argv = ["--config-file", str(setup_dir / f"{arm}.yaml"), "--output", str(out),
@@ -61,14 +61,15 @@ def predict_args(setup_dir, out, *extra, arm="ms", inputs=None, weights=None):
 
 
 def run_predict(setup_dir, out, *extra, **kwargs):
-    from ms_rcnn.predict_cli import run
+    from ms_rcnn.predict.cli import run
 
     return run(predict_args(setup_dir, out, *extra, **kwargs))
 
 
 def model_outputs(setup_dir, arm, paths):
     """The checkpoint's own outputs per image, at a class-score threshold of 0, computed here
-    without ms_rcnn.predict: PIL read, BGR, no resize (64 is the test size), one image a call."""
+    without ms_rcnn.predict.pipeline: PIL read, BGR, no resize (64 is the test size), one image
+    a call."""
     from detectron2.checkpoint import DetectionCheckpointer
     from detectron2.config import get_cfg
     from detectron2.modeling import build_model
@@ -152,7 +153,7 @@ def test_plain_mask_rcnn_ranks_by_class_score(setup_dir, tmp_path):
 def test_ranking_labels_and_threshold_on_known_instances():
     from detectron2.structures import Boxes, Instances
 
-    from ms_rcnn.visualize import detection_labels, rank_detections
+    from ms_rcnn.predict.visualize import detection_labels, rank_detections
 
     inst = Instances((10, 10))
     inst.pred_boxes = Boxes(torch.zeros(3, 4))
@@ -171,7 +172,7 @@ def test_ranking_labels_and_threshold_on_known_instances():
 def test_drawing_keeps_holes_and_puts_the_best_on_top():
     from detectron2.structures import Boxes, Instances
 
-    from ms_rcnn.visualize import _PALETTE, RankedVisualizer
+    from ms_rcnn.predict.visualize import _PALETTE, RankedVisualizer
 
     size = 96
     masks = torch.zeros(3, size, size, dtype=torch.bool)
@@ -203,7 +204,7 @@ def test_drawing_keeps_holes_and_puts_the_best_on_top():
      "weights_missing", "threshold"],
 )  # fmt: skip
 def test_bad_inputs_are_named(setup_dir, tmp_path, case):
-    from ms_rcnn.predict import InputError
+    from ms_rcnn.predict.pipeline import InputError
 
     images = setup_dir / "shapes" / "images"
     kwargs, extra = {}, []
@@ -231,7 +232,7 @@ def test_bad_inputs_are_named(setup_dir, tmp_path, case):
     args = predict_args(setup_dir, out, *extra, **kwargs)
     if case == "no_weights":
         args.opts[-1] = ""
-    from ms_rcnn.predict_cli import run
+    from ms_rcnn.predict.cli import run
 
     with pytest.raises(InputError) as err:
         run(args)
@@ -243,7 +244,7 @@ def test_weights_that_do_not_fit_are_refused(setup_dir, tmp_path):
     from detectron2.modeling import build_model
 
     from ms_rcnn.checkpoint import MSRCNNCheckpointer
-    from ms_rcnn.predict import InputError
+    from ms_rcnn.predict.pipeline import InputError
 
     three = tiny_cfg("MaskScoringROIHeads", mask_format="bitmask", num_classes=3)
     MSRCNNCheckpointer(build_model(three), str(tmp_path)).save("three")
@@ -255,7 +256,7 @@ def test_weights_that_do_not_fit_are_refused(setup_dir, tmp_path):
 
 
 def test_config_errors_are_named(setup_dir, tmp_path):
-    from ms_rcnn.predict import InputError
+    from ms_rcnn.predict.pipeline import InputError
 
     if not torch.cuda.is_available():
         with pytest.raises(InputError, match="MODEL.DEVICE=cuda, but torch sees no GPU"):
@@ -284,7 +285,7 @@ def test_corrupt_image_is_skipped_with_a_warning(setup_dir, tmp_path, caplog):
 
 @pytest.mark.skipif(os.geteuid() == 0, reason="root reads any file")
 def test_unreadable_input_is_named(setup_dir, tmp_path):
-    from ms_rcnn.predict import InputError
+    from ms_rcnn.predict.pipeline import InputError
 
     locked = tmp_path / "locked.png"
     shutil.copy(setup_dir / "shapes" / "images" / "000001.png", locked)

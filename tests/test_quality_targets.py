@@ -10,8 +10,8 @@ from detectron2.structures import BitMasks, Boxes, Instances, PolygonMasks
 from detectron2.utils.events import EventStorage
 from numpy.lib.stride_tricks import sliding_window_view
 
-from ms_rcnn.maskiou_targets import gt_mask_crops
-from ms_rcnn.quality_targets import boundary_iou_targets, combine_quality, mask_band
+from ms_rcnn.modeling.maskiou_targets import gt_mask_crops
+from ms_rcnn.modeling.quality_targets import boundary_iou_targets, combine_quality, mask_band
 
 H = W = 96
 M, K = 16, 3  # 16 x 16 mask grid on 48-pixel boxes: a cell is a 3 x 3 pixel block
@@ -154,7 +154,7 @@ def test_combine_quality():
 
 
 def test_mask_iou_loss_counts_flagged_zero_targets():
-    from ms_rcnn.maskiou_head import mask_iou_loss
+    from ms_rcnn.modeling.maskiou_head import mask_iou_loss
 
     pred = torch.tensor([[0.9, 0.1], [0.4, 0.3], [0.2, 0.8]])
     classes = torch.tensor([0, 1, 1])
@@ -166,7 +166,7 @@ def test_mask_iou_loss_counts_flagged_zero_targets():
 
 
 def test_sample_negative_proposals():
-    from ms_rcnn.negative_rois import sample_negative_proposals
+    from ms_rcnn.modeling.negative_rois import sample_negative_proposals
 
     inst = Instances((H, W))
     inst.proposal_boxes = Boxes(torch.arange(40, dtype=torch.float32).view(10, 4))
@@ -193,7 +193,7 @@ def tiny_heads(**keys):
 
 
 def test_predicted_foreground_classes_skip_background():
-    from ms_rcnn.negative_rois import predicted_foreground_classes
+    from ms_rcnn.modeling.negative_rois import predicted_foreground_classes
 
     heads = tiny_heads()
     features = {f: torch.zeros(1, 8, 16, 16) for f in heads.box_in_features}

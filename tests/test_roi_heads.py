@@ -163,7 +163,7 @@ def test_class_agnostic_masks():
 
 def test_training_uses_gt_class_channel_and_column(monkeypatch):
     # Capture what the heads saw, then recompute the loss by hand from it.
-    import ms_rcnn.mask_scoring as roi_heads_module
+    import ms_rcnn.modeling.mask_scoring as roi_heads_module
 
     model = ms_model()
     model.roi_heads.maskiou_head.predictor.weight.data.normal_(std=1.0)

@@ -1,4 +1,5 @@
-"""Tests of Soft-NMS (ms_rcnn.soft_nms) and its Detectron2 box predictor (ms_rcnn.box_predictor).
+"""Tests of Soft-NMS (ms_rcnn.modeling.soft_nms) and its Detectron2 box predictor
+(ms_rcnn.modeling.box_predictor).
 
 Expectations come from `reference_soft_nms`, a plain one-box-at-a-time loop over Python lists
 in float64 written from the paper (Bodla et al. 2017, Algorithm 1), from torchvision's NMS, and
@@ -18,11 +19,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from torchvision.ops import batched_nms, nms
 
-from ms_rcnn.box_predictor import (
+from ms_rcnn.modeling.box_predictor import (
     SoftNMSFastRCNNOutputLayers,
     fast_rcnn_inference_soft_nms,
 )
-from ms_rcnn.soft_nms import batched_soft_nms, soft_nms
+from ms_rcnn.modeling.soft_nms import batched_soft_nms, soft_nms
 
 
 @pytest.fixture(autouse=True, scope="module")

@@ -5,7 +5,7 @@ import torch
 from conftest import make_batch, tiny_cfg
 from detectron2.modeling import build_model
 
-from ms_rcnn.tta import MaskScoringRCNNWithTTA
+from ms_rcnn.modeling.tta import MaskScoringRCNNWithTTA
 
 
 def tta_cfg(**overrides):

@@ -22,7 +22,7 @@ the anchors they were trained for, so evaluating anyway would lose AP without sa
 
 import torch
 
-from ..anchor_generator import maskrcnn_benchmark_cell_anchors
+from ..modeling.anchor_generator import maskrcnn_benchmark_cell_anchors
 from .common import (
     BN_TENSORS,
     ConversionError,

@@ -14,7 +14,7 @@ class (inference).
 
 A mask branch of another shape (no RoI pooler of its own, no `layers()`, losses of its own, e.g.
 PointRend) plugs in through one hook: override `mask_scoring_inputs` in the ROI heads class
-(see its docstring and `ms_rcnn.pointrend`).
+(see its docstring and `ms_rcnn.modeling.pointrend`).
 """
 
 from typing import Dict, List
@@ -108,11 +108,11 @@ class MaskScoringMixin:
             clamp_maskiou: clamp predicted IoUs to [0, 1] at inference.
             overwrite_scores: at inference, also set `scores` to `mask_scores`.
             quality_target: what the head learns, one of `QUALITY_TARGETS` (see
-                `ms_rcnn.quality_targets`); "mask_iou" is the paper's.
+                `ms_rcnn.modeling.quality_targets`); "mask_iou" is the paper's.
             boundary_width: boundary band, in mask-grid cells, of the boundary IoU targets.
             negative_rois_per_image: also train the head on up to this many of each image's
                 sampled background RoIs, with their true quality as target (see
-                `ms_rcnn.negative_rois`); 0 is the paper's positives-only training.
+                `ms_rcnn.modeling.negative_rois`); 0 is the paper's positives-only training.
             kwargs: arguments of the ROI heads class mixed with; a mask head and pooler are
                 required.
         """
@@ -240,7 +240,7 @@ class MaskScoringMixin:
 
         This default is Mask R-CNN's branch: `mask_pooler`, then the mask head's `layers()`
         on the same features. ROI heads whose mask branch has another shape override it
-        (`ms_rcnn.pointrend.PointRendMaskScoringROIHeads` is a worked example), and also
+        (`ms_rcnn.modeling.pointrend.PointRendMaskScoringROIHeads` is a worked example), and also
         `_maskiou_input_shape` if their RoI features are not the default pooler's.
         """
         boxes = [x.proposal_boxes if self.training else x.pred_boxes for x in instances]

@@ -9,8 +9,8 @@ import os
 import sys
 from typing import Optional, Sequence
 
-from .data.user_datasets import add_register_coco_argument
-from .predict import (
+from ..data.user_datasets import add_register_coco_argument
+from .pipeline import (
     BatchPredictor,
     InputError,
     coco_results,

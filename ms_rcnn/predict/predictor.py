@@ -7,7 +7,7 @@ has no use for that, so this one refuses such a file, naming the layers.
 
 from detectron2.engine import DefaultPredictor
 
-from .checkpoint import MSRCNNCheckpointer
+from ..checkpoint import MSRCNNCheckpointer
 
 __all__ = ["MSRCNNPredictor"]
 

@@ -28,7 +28,7 @@ from detectron2.layers import ShapeSpec, interpolate
 from detectron2.modeling import ROI_HEADS_REGISTRY
 from detectron2.structures import Instances
 
-from .config import check_pointrend_config
+from ..config import check_pointrend_config
 from .mask_branch import MaskScoringInputs
 from .mask_scoring import MaskScoringMixin
 

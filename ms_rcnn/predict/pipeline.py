@@ -3,7 +3,7 @@
 The library side of `tools/predict.py`: finding the images, the config and strictly loaded
 model, batched inference at the config's test size (what Detectron2's `DefaultPredictor` does,
 for several images per forward pass), ranking, and the COCO-format records. Drawing is in
-`ms_rcnn.visualize`, the command line in `ms_rcnn.predict_cli`.
+`ms_rcnn.predict.visualize`, the command line in `ms_rcnn.predict.cli`.
 """
 
 from __future__ import annotations
@@ -21,10 +21,10 @@ from detectron2.data import transforms as T
 from detectron2.evaluation.coco_evaluation import instances_to_coco_json
 from detectron2.modeling import build_model
 
-from .checkpoint import MSRCNNCheckpointer
-from .config import add_ms_rcnn_config, check_pointrend_config, merge_config_file
-from .data.user_datasets import check_num_classes, register_coco_datasets
-from .evaluation.coco_evaluation import add_score_fields
+from ..checkpoint import MSRCNNCheckpointer
+from ..config import add_ms_rcnn_config, check_pointrend_config, merge_config_file
+from ..data.user_datasets import check_num_classes, register_coco_datasets
+from ..evaluation.coco_evaluation import add_score_fields
 
 __all__ = [
     "IMAGE_EXTENSIONS",
@@ -201,7 +201,7 @@ def dataset_image_ids(meta, images: Sequence[str]) -> Optional[dict[str, int]]:
     real = [os.path.realpath(p) for p in images]
     if not all(p.startswith(root + os.sep) for p in real):
         return None  # checked first: reading a large JSON for nothing would be slow
-    from .data.coco_checks import read_coco_json
+    from ..data.coco_checks import read_coco_json
 
     by_path = {
         os.path.realpath(os.path.join(image_root, im["file_name"])): im["id"]
