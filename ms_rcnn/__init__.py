@@ -6,7 +6,7 @@ Importing this package registers its heads in Detectron2's registries (`ROI_HEAD
 `get_cfg()` and before `merge_from_file` to add its config keys.
 """
 
-__version__ = "0.1.0"
+from .version import __version__
 
 try:
     import detectron2  # noqa: F401
@@ -15,10 +15,12 @@ except ImportError as e:
         "ms_rcnn needs Detectron2, which is not on PyPI and so is not installed with ms-rcnn. "
         "Run `make setup` in the ms-rcnn repository (it builds Detectron2 v0.6 without compiled "
         "ops), or `python scripts/install_detectron2.py` inside your environment, or install "
-        "Detectron2 from an upstream git checkout. See README.md, 'Installing'."
+        "Detectron2 from an upstream git checkout. See docs/INSTALL.md."
     ) from e
 
-from .config import add_ms_rcnn_config, merge_config_file
+from . import model_zoo
+from .config import add_ms_rcnn_config
+from .model_zoo import merge_config_file
 from .modeling import (
     ROI_MASKIOU_HEAD_REGISTRY,
     CascadeMaskScoringROIHeads,
@@ -41,6 +43,7 @@ from .modeling import (
 
 __all__ = [
     "__version__",
+    "model_zoo",
     "add_ms_rcnn_config",
     "merge_config_file",
     "ROI_MASKIOU_HEAD_REGISTRY",

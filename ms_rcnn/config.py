@@ -1,11 +1,17 @@
-"""Config keys of ms-rcnn, added to a Detectron2 config by `add_ms_rcnn_config`, and
-`merge_config_file`, which also adds the keys of the Detectron2 project a config file uses."""
+"""Config keys of ms-rcnn, added to a Detectron2 config by `add_ms_rcnn_config`, and the keys of
+the Detectron2 projects its configs use (`add_project_config`: PointRend's)."""
 
-import os
+import importlib
 
 from detectron2.config import CfgNode as CN
 
-__all__ = ["add_ms_rcnn_config", "merge_config_file", "uses_pointrend"]
+__all__ = [
+    "add_ms_rcnn_config",
+    "add_project_config",
+    "check_pointrend_config",
+    "import_point_rend",
+    "uses_pointrend",
+]
 
 
 def add_ms_rcnn_config(cfg):
@@ -130,23 +136,41 @@ def uses_pointrend(config_file: str) -> bool:
     )
 
 
-def merge_config_file(cfg, config_file: str):
-    """`cfg.merge_from_file(config_file)`, after adding the keys of the Detectron2 project the
-    file uses: PointRend's (`add_pointrend_config`), which also registers ms-rcnn's PointRend
-    ROI heads. `cfg` should already have ms-rcnn's keys (`add_ms_rcnn_config`). Returns `cfg`.
+def add_project_config(cfg, config_file: str):
+    """Add to `cfg` the keys of the Detectron2 project `config_file` uses, before it is merged:
+    PointRend's (`add_pointrend_config`) for a PointRend config. Returns `cfg`.
 
-    Raises a FileNotFoundError naming the file, or an ImportError saying how to get PointRend
-    when the file needs it and it is not importable.
+    Only keys: the ROI heads such a config names register when `ms_rcnn.modeling.pointrend` is
+    imported, which `ms_rcnn.model_zoo.merge_config_file` does. Raises an ImportError saying
+    how to get PointRend when the file needs it and it is not importable.
     """
-    if not os.path.isfile(config_file):
-        raise FileNotFoundError(f"config file {config_file}: no such file")
-    if uses_pointrend(config_file):
-        from .modeling.pointrend import import_point_rend  # registers PointRendMaskScoringROIHeads
-
-        if "POINT_HEAD" not in cfg.MODEL:  # add_pointrend_config overwrites: add once
-            import_point_rend().add_pointrend_config(cfg)
-    cfg.merge_from_file(config_file)
+    if uses_pointrend(config_file) and "POINT_HEAD" not in cfg.MODEL:
+        import_point_rend().add_pointrend_config(cfg)  # it overwrites: add once
     return cfg
+
+
+def import_point_rend():
+    """PointRend's package, from the installed Detectron2 or a checkout's projects/PointRend.
+
+    Detectron2 v0.6's wheels ship it as `detectron2.projects.point_rend`; on Detectron2 main
+    that name resolves only for an in-place install of a source checkout (`pip install -e`),
+    and a checkout's `projects/PointRend` on `sys.path` provides it as `point_rend`.
+    """
+    errors = []
+    for name in ("detectron2.projects.point_rend", "point_rend"):
+        try:
+            return importlib.import_module(name)
+        except ImportError as e:  # also a missing cv2, which PointRend imports
+            errors.append(f"{name}: {e}")
+    raise ImportError(
+        "This config uses PointRend (MODEL.ROI_MASK_HEAD.NAME PointRendMaskHead / "
+        "MODEL.POINT_HEAD), which could not be imported ("
+        + "; ".join(errors)
+        + "). Detectron2 v0.6 ships it as detectron2.projects.point_rend (it also needs "
+        "opencv-python-headless). On Detectron2 main, `detectron2.projects` resolves only "
+        "from a source checkout: install it in place (`pip install -e <detectron2 checkout>`) "
+        "or put <detectron2 checkout>/projects/PointRend on PYTHONPATH."
+    )
 
 
 def check_pointrend_config(cfg) -> None:

@@ -18,9 +18,11 @@ from detectron2.utils import comm
 
 from . import data  # noqa: F401  (registers the synthetic_shapes datasets for YAML configs)
 from .checkpoint import MSRCNNCheckpointer
-from .config import add_ms_rcnn_config, check_pointrend_config, merge_config_file
+from .config import add_ms_rcnn_config, check_pointrend_config
 from .data.user_datasets import check_config_datasets, register_coco_from_args
+from .env import version_text
 from .evaluation import build_ms_rcnn_evaluator, save_eval_results
+from .model_zoo import merge_config_file, resolve_config_file
 from .modeling.box_predictor import SoftNMSFastRCNNOutputLayers
 from .modeling.tta import MaskScoringRCNNWithTTA, check_tta_supported
 
@@ -157,9 +159,9 @@ def setup(args):
     cfg = get_cfg()
     add_ms_rcnn_config(cfg)
     if not args.config_file:
-        raise ValueError("--config-file is required (e.g. configs/demo/ms_rcnn_R_18_demo.yaml)")
-    if not os.path.isfile(args.config_file):
-        raise FileNotFoundError(f"--config-file {args.config_file}: no such file")
+        raise ValueError("--config-file is required (e.g. demo/ms_rcnn_R_18_demo.yaml)")
+    # A model zoo name becomes its file's path: default_setup reads and copies the file.
+    args.config_file, config_source = resolve_config_file(args.config_file)
     merge_config_file(cfg, args.config_file)  # with PointRend's keys when the file needs them
     cfg.merge_from_list(args.opts)
     if cfg.MODEL.DEVICE.startswith("cuda") and not torch.cuda.is_available():
@@ -170,6 +172,10 @@ def setup(args):
     check_pointrend_config(cfg)
     cfg.freeze()
     default_setup(cfg, args)
+    logger = logging.getLogger("detectron2")
+    logger.info("Using %s", config_source)
+    for line in version_text().splitlines():
+        logger.info(line)
     if cfg.MODEL.DEVICE == "cpu":
         # Tiny values (denormal floats) appear in weights and gradients as training goes on;
         # CPUs process them up to 100x slower, which made CPU steps grow from 0.5 s to 5 s.

@@ -12,7 +12,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 def test_version_has_one_source():
     setup_py = (ROOT / "setup.py").read_text()
-    assert "__version__" in setup_py  # setup.py reads it from ms_rcnn/__init__.py, no copy
+    assert "__version__" in setup_py  # setup.py reads it from ms_rcnn/version.py, no copy
     assert re.fullmatch(r"\d+\.\d+\.\d+", ms_rcnn.__version__)
 
 

@@ -11,7 +11,7 @@ from detectron2.modeling import build_model
 from detectron2.structures import Boxes, Instances
 from detectron2.utils.events import EventStorage
 
-from ms_rcnn.modeling.pointrend import import_point_rend
+from ms_rcnn.config import import_point_rend
 
 point_rend = import_point_rend()
 

@@ -15,7 +15,7 @@ def build_model_from_config(config_file: str, opts: Optional[List[str]] = None):
     from detectron2.config import get_cfg
     from detectron2.modeling import build_model
 
-    from .. import add_ms_rcnn_config
+    from ..config import add_ms_rcnn_config
 
     if not os.path.isfile(config_file):
         raise FileNotFoundError(f"config {config_file}: no such file (run from the repository)")

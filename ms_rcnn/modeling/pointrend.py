@@ -28,41 +28,16 @@ from detectron2.layers import ShapeSpec, interpolate
 from detectron2.modeling import ROI_HEADS_REGISTRY
 from detectron2.structures import Instances
 
-from ..config import check_pointrend_config
+from ..config import check_pointrend_config, import_point_rend
 from .mask_branch import MaskScoringInputs
 from .mask_scoring import MaskScoringMixin
 
 __all__ = [
     "POINTREND_MASKS",
-    "import_point_rend",
     "PointRendMaskScoringROIHeads",
 ]
 
 POINTREND_MASKS = ("refined", "coarse")
-
-
-def import_point_rend():
-    """PointRend's package, from the installed Detectron2 or a checkout's projects/PointRend.
-
-    Detectron2 v0.6's wheels ship it as `detectron2.projects.point_rend`; on Detectron2 main
-    that name resolves only for an in-place install of a source checkout (`pip install -e`),
-    and a checkout's `projects/PointRend` on `sys.path` provides it as `point_rend`.
-    """
-    errors = []
-    for name in ("detectron2.projects.point_rend", "point_rend"):
-        try:
-            return importlib.import_module(name)
-        except ImportError as e:  # also a missing cv2, which PointRend imports
-            errors.append(f"{name}: {e}")
-    raise ImportError(
-        "This config uses PointRend (MODEL.ROI_MASK_HEAD.NAME PointRendMaskHead / "
-        "MODEL.POINT_HEAD), which could not be imported ("
-        + "; ".join(errors)
-        + "). Detectron2 v0.6 ships it as detectron2.projects.point_rend (it also needs "
-        "opencv-python-headless). On Detectron2 main, `detectron2.projects` resolves only "
-        "from a source checkout: install it in place (`pip install -e <detectron2 checkout>`) "
-        "or put <detectron2 checkout>/projects/PointRend on PYTHONPATH."
-    )
 
 
 _point_rend = import_point_rend()

@@ -22,9 +22,10 @@ from detectron2.evaluation.coco_evaluation import instances_to_coco_json
 from detectron2.modeling import build_model
 
 from ..checkpoint import MSRCNNCheckpointer
-from ..config import add_ms_rcnn_config, check_pointrend_config, merge_config_file
+from ..config import add_ms_rcnn_config, check_pointrend_config
 from ..data.user_datasets import check_num_classes, register_coco_datasets
 from ..evaluation.coco_evaluation import add_score_fields
+from ..model_zoo import ConfigNotFoundError, merge_config_file, resolve_config_file
 
 __all__ = [
     "IMAGE_EXTENSIONS",
@@ -125,8 +126,11 @@ def predict_config(config_file: str, opts: Sequence[str], confidence_threshold: 
     ranking score is the class score, or the class score times a predicted IoU in [0, 1]; and
     a box scoring below the threshold cannot suppress one scoring above it, in hard or Soft-NMS.
     """
-    if not os.path.isfile(config_file):
-        raise InputError(f"--config-file {config_file}: no such file")
+    try:  # a path, or a name in ms-rcnn's model zoo
+        config_file, config_source = resolve_config_file(config_file)
+    except ConfigNotFoundError as e:
+        raise InputError(f"--config-file: {e}") from None
+    logger.info("Using %s", config_source)
     cfg = get_cfg()
     add_ms_rcnn_config(cfg)
     cfg.MODEL.DEVICE = "cpu"  # Detectron2's default is "cuda"; a config or `MODEL.DEVICE cuda` wins
