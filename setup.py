@@ -10,13 +10,35 @@ import re
 from pathlib import Path
 
 from setuptools import find_packages, setup
+from setuptools.command.build_py import build_py
 
 HERE = Path(__file__).resolve().parent
 
 
+class BuildPyWithConfigs(build_py):
+    """Copy the repository's configs/ into the built package as ms_rcnn/model_zoo/configs, so a
+    wheel carries them (one copy in the repository; `ms_rcnn.model_zoo` finds either)."""
+
+    def run(self):
+        super().run()
+        source = HERE / "configs"
+        if not source.is_dir():  # an sdist always has it (MANIFEST.in); a broken tree does not
+            raise FileNotFoundError(f"{source}: ms-rcnn's configs are missing from the source")
+        target = Path(self.build_lib) / "ms_rcnn" / "model_zoo" / "configs"
+        for path in sorted(source.rglob("*")):
+            if (
+                path.is_file()
+                and path.suffix in (".yaml", ".py")
+                and "__pycache__" not in path.parts
+            ):
+                dest = target / path.relative_to(source)
+                self.mkpath(str(dest.parent))
+                self.copy_file(str(path), str(dest), preserve_mode=False)
+
+
 def read_version():
-    # The one version source is ms_rcnn/__init__.py; read it as text to avoid importing torch.
-    text = (HERE / "ms_rcnn" / "__init__.py").read_text()
+    # The one version source is ms_rcnn/version.py; read it as text to avoid importing torch.
+    text = (HERE / "ms_rcnn" / "version.py").read_text()
     return re.search(r'^__version__ = "([^"]+)"', text, re.M).group(1)
 
 
@@ -29,6 +51,16 @@ setup(
     license="Apache-2.0",
     python_requires=">=3.9",
     packages=find_packages(include=["ms_rcnn", "ms_rcnn.*"]),
+    cmdclass={"build_py": BuildPyWithConfigs},
+    entry_points={
+        "console_scripts": [
+            "ms-rcnn-train = ms_rcnn.train_cli:main",
+            "ms-rcnn-predict = ms_rcnn.predict.cli:main",
+            "ms-rcnn-convert = ms_rcnn.conversion.cli:main",
+            "ms-rcnn-compare = ms_rcnn.analysis.cli:main",
+            "ms-rcnn-make-dataset = ms_rcnn.data.cli:main",
+        ]
+    },
     install_requires=[
         # torch, torchvision and detectron2 are prerequisites installed by `make setup`
         # (see README: torch has CPU/CUDA builds pip cannot choose; detectron2 is not on PyPI).
@@ -50,6 +82,14 @@ setup(
         # COCO evaluation 3-6x faster than pycocotools' when Detectron2 has no compiled ops,
         # with the same numbers (ms_rcnn/evaluation/cocoeval_backend.py); optional.
         "fast-eval": ["faster-coco-eval>=1.6,<2"],
-        "dev": ["pytest>=7", "pytest-timeout", "hypothesis", "ruff", "faster-coco-eval>=1.6,<2"],
+        # build: the wheel test makes the wheel and sdist as a release would (python -m build).
+        "dev": [
+            "pytest>=7",
+            "pytest-timeout",
+            "hypothesis",
+            "ruff",
+            "faster-coco-eval>=1.6,<2",
+            "build",
+        ],
     },
 )

@@ -6,13 +6,14 @@ convolution, rotated boxes exist only with the compiled `detectron2._C`); a repo
 only "0.6" cannot tell them apart.
 """
 
+import argparse
 import importlib
 import os
 import subprocess
 import sys
 from typing import Dict, Optional
 
-__all__ = ["detectron2_build", "version_text"]
+__all__ = ["add_version_argument", "detectron2_build", "version_text"]
 
 
 def _git_commit(folder: str) -> Optional[str]:
@@ -69,7 +70,7 @@ def detectron2_build() -> Dict[str, Optional[str]]:
 
 def version_text() -> str:
     """Two lines for `--version`: ms-rcnn's version, then Detectron2's build."""
-    from . import __version__
+    from .version import __version__
 
     lines = [f"ms-rcnn {__version__} (Python {sys.version.split()[0]})"]
     try:
@@ -89,3 +90,22 @@ def version_text() -> str:
     except ImportError:  # pragma: no cover - Detectron2 imports torch
         pass
     return "\n".join(lines)
+
+
+class _VersionAction(argparse.Action):
+    """`--version`: print `version_text()` and exit. Computed when asked, so `--help` and
+    ordinary runs do not probe the Detectron2 build."""
+
+    def __init__(self, option_strings, dest=argparse.SUPPRESS, default=argparse.SUPPRESS, **kw):
+        kw.setdefault("help", "print ms-rcnn's and Detectron2's versions and build, then exit")
+        super().__init__(option_strings, dest=dest, default=default, nargs=0, **kw)
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        print(version_text())
+        parser.exit()
+
+
+def add_version_argument(parser: "argparse.ArgumentParser") -> "argparse.ArgumentParser":
+    """Give a command's parser the `--version` every ms-rcnn command has."""
+    parser.add_argument("--version", action=_VersionAction)
+    return parser

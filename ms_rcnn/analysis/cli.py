@@ -1,10 +1,12 @@
-"""Command line of `tools/compare_runs.py`: compare runs, or run the same-weights ablation."""
+"""Command line of `ms-rcnn-compare` (tools/compare_runs.py): compare runs, or run the same-weights
+ablation."""
 
 import argparse
 import json
 import sys
 from typing import List, Optional
 
+from ..env import add_version_argument
 from ..evaluation.boundary import BOUNDARY_TASK, boundary_eval_available
 from ..evaluation.calibration import SCORE_FIELDS
 from ..evaluation.results_file import json_safe
@@ -21,23 +23,23 @@ __all__ = ["build_parser", "main"]
 
 EXAMPLES = """examples:
   # one run per arm (labels are the folder names); the first is the baseline
-  compare_runs.py output/mask_rcnn output/ms_rcnn
+  %(prog)s output/mask_rcnn output/ms_rcnn
   # several seeds per arm: mean ± std and n per arm, deltas of means
-  compare_runs.py --run baseline=out/base_s1,out/base_s2 --run msrcnn=out/ms_s1,out/ms_s2
+  %(prog)s --run baseline=out/base_s1,out/base_s2 --run msrcnn=out/ms_s1,out/ms_s2
   # same MS R-CNN weights, masks ranked by scores vs mask_scores vs pred_maskiou
-  compare_runs.py ablate --predictions out/ms_s1/inference --dataset coco_2017_val
+  %(prog)s ablate --predictions out/ms_s1/inference --dataset coco_2017_val
 """
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="compare_runs.py",
         description="Compare finished ms-rcnn runs (markdown table + PNG bar chart), or re-rank "
         "one run's saved masks by another score field ('ablate'). Options: "
-        "'compare_runs.py compare --help', 'compare_runs.py ablate --help'.",
+        "'%(prog)s compare --help', '%(prog)s ablate --help'.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog=EXAMPLES,
     )
+    add_version_argument(parser)
     sub = parser.add_subparsers(dest="command")
 
     cmp = sub.add_parser("compare", help="compare runs (the default command)")
@@ -167,7 +169,7 @@ def _run_ablate(args) -> int:
 def main(argv: Optional[List[str]] = None) -> int:
     """Entry point; `compare` is the default command when the first argument is not one."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    if not argv or argv[0] not in ("compare", "ablate", "-h", "--help"):
+    if not argv or argv[0] not in ("compare", "ablate", "-h", "--help", "--version"):
         argv.insert(0, "compare")
     args = build_parser().parse_args(argv)
     return _run_ablate(args) if args.command == "ablate" else _run_compare(args)

@@ -1,4 +1,5 @@
-"""Command line of tools/convert_checkpoint.py: convert, check against the model, save, report."""
+"""Command line of `ms-rcnn-convert` (tools/convert_checkpoint.py): convert, check against the
+model, save, report."""
 
 import argparse
 import os
@@ -9,10 +10,20 @@ from pathlib import Path
 import torch
 
 from ..checkpoint import atomic_torch_save
+from ..env import add_version_argument
+from ..model_zoo import ConfigNotFoundError, get_config_file
 from . import SOURCES, ConversionError, convert_state_dict, unwrap_checkpoint
 from .verify import build_model_from_config, check_fits, check_loads_exactly
 
 __all__ = ["main", "load_peer_file"]
+
+EXAMPLES = """examples:
+  %(prog)s --source maskrcnn-benchmark model_0090000.pth ms_rcnn_R_50_mrb.pth
+  %(prog)s --source mmdet ms_rcnn_r50_caffe_fpn_1x_coco_20200702_180848-61c9355e.pth out.pth
+
+It prints what it mapped and changed and the config to evaluate with (a model zoo name), then
+checks that the result loads strictly into that config's model.
+"""
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -21,8 +32,11 @@ def parse_args(argv=None):
     parser = argparse.ArgumentParser(
         description="Convert a published maskrcnn-benchmark (official MS R-CNN) or mmdetection "
         "COCO checkpoint to a Detectron2 checkpoint for ms-rcnn, and check that it loads "
-        "strictly into the model of the config it reports."
+        "strictly into the model of the config it reports.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=EXAMPLES,
     )
+    add_version_argument(parser)
     parser.add_argument("--source", required=True, choices=SOURCES)
     parser.add_argument("input", help="the peer's .pth file")
     parser.add_argument("output", help="where to write the Detectron2 checkpoint (.pth)")
@@ -55,14 +69,16 @@ def load_peer_file(path: str, unsafe: bool = False):
 
 
 def _find_config(relative: str) -> str:
-    """The config in this checkout (an editable install), else under the current folder."""
-    for folder in (REPO, Path.cwd()):
-        if (folder / relative).is_file():
-            return str(folder / relative)
-    raise ConversionError(
-        f"cannot find {relative} to check the result against: run from the ms-rcnn repository, "
-        "or pass --no-verify to skip the check"
-    )
+    """The converted model's config, from ms-rcnn's model zoo (shipped with the package)."""
+    try:
+        return get_config_file(relative)
+    except ConfigNotFoundError as e:
+        raise ConversionError(f"{e}; pass --no-verify to skip the check") from e
+
+
+def zoo_name(config_file: str) -> str:
+    """The model zoo name of a config under the repository's configs/ (works from any folder)."""
+    return config_file[len("configs/") :] if config_file.startswith("configs/") else config_file
 
 
 def convert_file(args) -> None:
@@ -88,10 +104,11 @@ def convert_file(args) -> None:
             "every tensor equal"
         )
     overrides = " ".join(converted.config_overrides())
-    print(
-        f"Wrote {args.output}. Evaluate with:\n  python tools/train_net.py --config-file "
-        f"{converted.config_file} --eval-only MODEL.WEIGHTS {args.output} {overrides}".rstrip()
+    command = (
+        f"ms-rcnn-train --config-file {zoo_name(converted.config_file)} --eval-only "
+        f"MODEL.WEIGHTS {args.output} {overrides}"
     )
+    print(f"Wrote {args.output}. Evaluate with:\n  {command.rstrip()}")
 
 
 def main(argv=None) -> int:

@@ -1,4 +1,5 @@
-"""Command line of `tools/predict.py`: predict on images, draw, save the COCO results."""
+"""Command line of `ms-rcnn-predict` (tools/predict.py): predict on images, draw, save the COCO
+results."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import sys
 from typing import Optional, Sequence
 
 from ..data.user_datasets import add_register_coco_argument
+from ..env import add_version_argument
 from .pipeline import (
     BatchPredictor,
     InputError,
@@ -30,16 +32,15 @@ logger = logging.getLogger(__name__)
 PREDICTIONS_FILE = "predictions.json"
 
 EXAMPLES = """examples:
-  predict.py --config-file output/ms/config.yaml --input photos/ --output drawn/ \\
+  %(prog)s --config-file output/ms/config.yaml --input photos/ --output drawn/ \\
       MODEL.WEIGHTS output/ms/model_final.pth
-  predict.py --config-file CFG --input 'shots/*.jpg' a.png --output drawn/ \\
+  %(prog)s --config-file CFG --input 'shots/*.jpg' a.png --output drawn/ \\
       --register-coco mine_val val.json images/ MODEL.WEIGHTS model.pth MODEL.DEVICE cuda
 """
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="predict.py",
         description="Predict with a trained Mask R-CNN or MS R-CNN: one drawn image per input "
         "(same file name, same size) and OUTPUT/predictions.json (COCO results, with "
         "mask_score and pred_maskiou). Detections are ranked by mask_scores when the model has "
@@ -47,7 +48,13 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog=EXAMPLES,
     )
-    parser.add_argument("--config-file", required=True, metavar="FILE", help="model config")
+    add_version_argument(parser)
+    parser.add_argument(
+        "--config-file",
+        required=True,
+        metavar="FILE",
+        help="model config: a file, or a name in ms-rcnn's model zoo",
+    )
     parser.add_argument(
         "--input",
         required=True,
