@@ -59,6 +59,7 @@ setup(
             "ms-rcnn-convert = ms_rcnn.conversion.cli:main",
             "ms-rcnn-compare = ms_rcnn.analysis.cli:main",
             "ms-rcnn-make-dataset = ms_rcnn.data.cli:main",
+            "ms-rcnn-demo = ms_rcnn.demo:main",
         ]
     },
     install_requires=[

@@ -1,17 +1,11 @@
-#!/usr/bin/env python
-"""The CPU demo: train a baseline Mask R-CNN and MS R-CNN on generated data, compare their AP.
-
-    python tools/demo.py                  # one seed per arm, the configs' schedule (~25 min)
-    python tools/demo.py --iters 100      # a quick look (AP will be low)
-    python tools/demo.py --seeds 1 2 3    # the figures in the README
-    python tools/demo.py --seeds 1 2 3 --arms mask_rcnn ms_rcnn ms_rcnn_head_only
-                                          # also add mask scoring to each trained baseline
+"""The CPU demo (`ms-rcnn-demo`, `tools/demo.py`, `make demo`): train a baseline Mask R-CNN
+and MS R-CNN on generated data, compare their AP.
 
 Steps: generate the synthetic_shapes datasets (cached under $MS_RCNN_DATASETS or ./datasets),
-train each arm with the same seed through tools/train_net.py (one subprocess per run, full log
-in its output dir), evaluate on synthetic_shapes_val, then print the comparison table. A run
-whose results already exist for the same settings is not trained again, so an interrupted demo
-picks up where it stopped.
+train each arm with the same seed through `ms-rcnn-train` (one subprocess per run, full log in
+its output dir) with the model zoo's demo configs, evaluate on synthetic_shapes_val, then print
+the comparison table. A run whose results already exist for the same settings is not trained
+again, so an interrupted demo picks up where it stopped. Runs from any folder.
 """
 
 import argparse
@@ -22,32 +16,46 @@ import subprocess
 import sys
 import time
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from .env import add_version_argument
+
+EXAMPLES = """examples:
+  %(prog)s                  # one seed per arm, the configs' schedule (~25 min)
+  %(prog)s --iters 100      # a quick look (AP will be low)
+  %(prog)s --seeds 1 2 3    # the figures in the README
+  %(prog)s --seeds 1 2 3 --arms mask_rcnn ms_rcnn ms_rcnn_head_only
+                            # also add mask scoring to each trained baseline
+"""
+# Each arm's config, by its name in ms-rcnn's model zoo.
 ARMS = {
-    "mask_rcnn": "configs/demo/mask_rcnn_R_18_demo.yaml",
-    "ms_rcnn": "configs/demo/ms_rcnn_R_18_demo.yaml",
+    "mask_rcnn": "demo/mask_rcnn_R_18_demo.yaml",
+    "ms_rcnn": "demo/ms_rcnn_R_18_demo.yaml",
     # MS R-CNN from the same seed's trained baseline (mask_rcnn_s<seed>/model_final.pth),
     # training only the MaskIoU head: the "add mask scoring to an existing model" workflow.
-    "ms_rcnn_head_only": "configs/demo/ms_rcnn_R_18_demo_maskiou_only.yaml",
+    "ms_rcnn_head_only": "demo/ms_rcnn_R_18_demo_maskiou_only.yaml",
     # Options that are off by default (issue 15): the MaskIoU head also trained on background
     # RoIs, and a boundary-aware quality target.
-    "ms_rcnn_negatives": "configs/demo/ms_rcnn_R_18_demo_negatives.yaml",
-    "ms_rcnn_boundary_target": "configs/demo/ms_rcnn_R_18_demo_boundary_target.yaml",
+    "ms_rcnn_negatives": "demo/ms_rcnn_R_18_demo_negatives.yaml",
+    "ms_rcnn_boundary_target": "demo/ms_rcnn_R_18_demo_boundary_target.yaml",
     # Mask scoring on PointRend (docs/DESIGN.md): its baseline and the MaskIoU arm.
-    "pointrend": "configs/demo/pointrend_R_18_demo.yaml",
-    "ms_rcnn_pointrend": "configs/demo/ms_rcnn_pointrend_R_18_demo.yaml",
-    "ms_rcnn_pointrend_coarse": "configs/demo/ms_rcnn_pointrend_R_18_demo_coarse.yaml",
+    "pointrend": "demo/pointrend_R_18_demo.yaml",
+    "ms_rcnn_pointrend": "demo/ms_rcnn_pointrend_R_18_demo.yaml",
+    "ms_rcnn_pointrend_coarse": "demo/ms_rcnn_pointrend_R_18_demo_coarse.yaml",
 }
 CALIBRATION_PLOT = "maskiou_calibration.png"
 ETA_LINE = re.compile(r"eta: (\S+)\s+iter: (\d+)\s+total_loss: ([\d.]+)")
 SPEED_LINE = re.compile(r"Overall training speed: (\d+) iterations in (\S+) \(([\d.]+) s / it\)")
 
 
-def parse_args():
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(
+        description="Train a baseline Mask R-CNN and MS R-CNN on generated data, compare AP.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=EXAMPLES,
+    )
+    add_version_argument(parser)
     parser.add_argument("--iters", type=int, default=None, help="training iterations per run")
     parser.add_argument("--seeds", type=int, nargs="+", default=[1], help="one run per seed")
-    parser.add_argument("--output-dir", default=os.path.join(ROOT, "output", "demo"))
+    parser.add_argument("--output-dir", default=os.path.join("output", "demo"))
     parser.add_argument("--arms", nargs="+", default=["mask_rcnn", "ms_rcnn"], choices=list(ARMS))
     parser.add_argument(
         "--baseline-dir",
@@ -57,7 +65,7 @@ def parse_args():
     )
     parser.add_argument("--soft-nms", action="store_true", help="evaluate with Soft-NMS")
     parser.add_argument("opts", nargs=argparse.REMAINDER, help="extra KEY VALUE config overrides")
-    return parser.parse_args()
+    return parser.parse_args(argv)
 
 
 def run_overrides(args, seed, arm="ms_rcnn"):
@@ -91,11 +99,12 @@ def config_max_iter(arm):
     """SOLVER.MAX_ITER of an arm's config (with its _BASE_ files)."""
     from detectron2.config import get_cfg
 
-    from ms_rcnn import add_ms_rcnn_config, merge_config_file
+    from .config import add_ms_rcnn_config
+    from .model_zoo import merge_config_file
 
     cfg = get_cfg()
     add_ms_rcnn_config(cfg)
-    merge_config_file(cfg, os.path.join(ROOT, ARMS[arm]))
+    merge_config_file(cfg, ARMS[arm])
     return cfg.SOLVER.MAX_ITER
 
 
@@ -151,15 +160,14 @@ def prepare_run_dir(out_dir, arm, seed, opts):
 
 def train_one(arm, seed, opts, out_dir, progress):
     resume = prepare_run_dir(out_dir, arm, seed, opts)
-    cmd = [sys.executable, os.path.join(ROOT, "tools", "train_net.py"), "--config-file",
-           os.path.join(ROOT, ARMS[arm]), *(["--resume"] if resume else []),
-           *opts, "OUTPUT_DIR", out_dir]  # fmt: skip
+    # The training command of this same installation (the demo's datasets are in ./datasets
+    # or $MS_RCNN_DATASETS, so it runs in this folder too).
+    cmd = [sys.executable, "-m", "ms_rcnn.train_cli", "--config-file", ARMS[arm],
+           *(["--resume"] if resume else []), *opts, "OUTPUT_DIR", out_dir]  # fmt: skip
     if resume:
         progress(f"{arm} seed {seed}: resuming the interrupted run in {out_dir}")
     tail = []
-    with subprocess.Popen(
-        cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=ROOT
-    ) as proc:
+    with subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) as proc:
         for line in proc.stdout:
             tail = (tail + [line])[-40:]
             match = ETA_LINE.search(line)
@@ -187,9 +195,9 @@ def training_cost_table(output_dir, arms, seeds):
     return "\n".join(lines)
 
 
-def main():
-    args = parse_args()
-    from ms_rcnn.data import prepare_synthetic_dataset  # heavy imports after --help
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    from .data import prepare_synthetic_dataset
 
     start = time.time()
     names = ["synthetic_shapes_train", "synthetic_shapes_val"]
@@ -217,7 +225,7 @@ def main():
         minutes = (time.time() - run_start) / 60
         print(f"[{k + 1}/{len(runs)}] {arm} seed {seed} done in {minutes:.1f} min", flush=True)
 
-    from ms_rcnn.analysis.compare import comparison_table, load_arms, plot_comparison
+    from .analysis.compare import comparison_table, load_arms, plot_comparison
 
     specs = [
         f"{arm}=" + ",".join(os.path.join(args.output_dir, f"{arm}_s{s}") for s in args.seeds)
@@ -235,7 +243,4 @@ def main():
             plot = os.path.join(run_dir, "inference", "synthetic_shapes_val", CALIBRATION_PLOT)
             if os.path.exists(plot):
                 print(f"calibration plot ({arm}, seed {seed}): {plot}")
-
-
-if __name__ == "__main__":
-    main()
+    return 0

@@ -54,3 +54,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         args=(args,),
     )
     return 0
+
+
+if __name__ == "__main__":  # `python -m ms_rcnn.train_cli`: how ms-rcnn-demo starts each run
+    sys.exit(main())

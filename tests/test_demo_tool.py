@@ -1,22 +1,17 @@
-"""tools/demo.py's schedule scaling and its skip-if-done rule (the training itself is
-exercised by tests/test_train_net.py)."""
+"""The demo's (ms_rcnn.demo, tools/demo.py) schedule scaling and its skip-if-done rule (the
+training itself is exercised by tests/test_train_net.py)."""
 
-import importlib.util
 import json
-from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
-
 
 @pytest.fixture(scope="module")
 def demo():
-    spec = importlib.util.spec_from_file_location("demo", ROOT / "tools" / "demo.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    import ms_rcnn.demo
+
+    return ms_rcnn.demo
 
 
 def test_iters_scale_the_schedule(demo):

@@ -25,6 +25,7 @@ LAYERS = {
     "ms_rcnn.predict": 4,
     "ms_rcnn.engine": 4,
     "ms_rcnn.train_cli": 5,
+    "ms_rcnn.demo": 5,
     "ms_rcnn": 6,
 }
 

@@ -16,7 +16,7 @@ import torch
 
 ROOT = Path(__file__).resolve().parent.parent
 COMMANDS = ("ms-rcnn-train", "ms-rcnn-predict", "ms-rcnn-convert", "ms-rcnn-compare",
-            "ms-rcnn-make-dataset")  # fmt: skip
+            "ms-rcnn-make-dataset", "ms-rcnn-demo")  # fmt: skip
 TINY = [
     "SOLVER.MAX_ITER", "2", "SOLVER.IMS_PER_BATCH", "2", "SOLVER.WARMUP_ITERS", "1",
     "SOLVER.STEPS", "(1,)", "SOLVER.CHECKPOINT_PERIOD", "1000",
