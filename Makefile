@@ -16,7 +16,7 @@ DEMO_SEEDS ?= 1
 DETECTRON2_SRC ?=
 VENV_MAIN ?= .venv-main
 
-.PHONY: setup test test-main test-upstream lint format demo clean-venv help FORCE
+.PHONY: setup test test-main test-upstream lint format demo demo-kudzu clean-venv help FORCE
 
 help:
 	@echo "make setup   create $(VENV) with torch, Detectron2 and ms-rcnn (idempotent)"
@@ -24,6 +24,7 @@ help:
 	@echo "make test-main DETECTRON2_SRC=path [VENV_MAIN=.venv-main]"
 	@echo "             the suite and a train/kill/resume/eval cycle on that Detectron2 checkout"
 	@echo "make demo    setup, then train and compare Mask R-CNN vs MS R-CNN on generated data"
+	@echo "make demo-kudzu [KUDZU_ROOT=path]  the same on the kudzu photographs"
 	@echo "make lint    ruff check + ruff format --check"
 	@echo "make test-upstream DETECTRON2_TESTS=path/to/detectron2/tests"
 	@echo "             Detectron2's own tests against the installed one, vs $(UPSTREAM_EXPECTED)"
@@ -93,6 +94,12 @@ test-upstream: setup
 
 demo: setup
 	$(PY) tools/demo.py --seeds $(DEMO_SEEDS) $(if $(DEMO_ITERS),--iters $(DEMO_ITERS),)
+
+# The same comparison on real photographs (the kudzu set, not shipped: KUDZU_ROOT names it).
+KUDZU_ROOT ?= ../shared/data/kudzu
+demo-kudzu: setup
+	$(PY) tools/demo.py --arms kudzu_mask_rcnn kudzu_ms_rcnn --kudzu-root $(KUDZU_ROOT) \
+		--seeds $(DEMO_SEEDS) --output-dir output/kudzu $(if $(DEMO_ITERS),--iters $(DEMO_ITERS),)
 
 clean-venv:
 	rm -rf $(VENV)

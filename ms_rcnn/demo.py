@@ -40,7 +40,13 @@ ARMS = {
     "pointrend": "demo/pointrend_R_18_demo.yaml",
     "ms_rcnn_pointrend": "demo/ms_rcnn_pointrend_R_18_demo.yaml",
     "ms_rcnn_pointrend_coarse": "demo/ms_rcnn_pointrend_R_18_demo_coarse.yaml",
+    # Real photographs (issue 26): the kudzu bug set, registered from --kudzu-root.
+    "kudzu_mask_rcnn": "kudzu/mask_rcnn_R_18_kudzu.yaml",
+    "kudzu_ms_rcnn": "kudzu/ms_rcnn_R_18_kudzu.yaml",
 }
+# Where the kudzu photographs are when --kudzu-root is not given: the workplace's shared data
+# beside the repository (the project does not redistribute them; docs/REAL_DATA.md).
+DEFAULT_KUDZU_ROOT = os.environ.get("MS_RCNN_KUDZU", os.path.join("..", "shared", "data", "kudzu"))
 CALIBRATION_PLOT = "maskiou_calibration.png"
 ETA_LINE = re.compile(r"eta: (\S+)\s+iter: (\d+)\s+total_loss: ([\d.]+)")
 SPEED_LINE = re.compile(r"Overall training speed: (\d+) iterations in (\S+) \(([\d.]+) s / it\)")
@@ -64,6 +70,12 @@ def parse_args(argv=None):
         "--output-dir)",
     )
     parser.add_argument("--soft-nms", action="store_true", help="evaluate with Soft-NMS")
+    parser.add_argument(
+        "--kudzu-root",
+        default=DEFAULT_KUDZU_ROOT,
+        help="the kudzu set (annotations/{train,val}.json, images/) for the kudzu_* arms "
+        "(default: $MS_RCNN_KUDZU or %(default)s)",
+    )
     parser.add_argument("opts", nargs=argparse.REMAINDER, help="extra KEY VALUE config overrides")
     return parser.parse_args(argv)
 
@@ -158,11 +170,11 @@ def prepare_run_dir(out_dir, arm, seed, opts):
     return False
 
 
-def train_one(arm, seed, opts, out_dir, progress):
+def train_one(arm, seed, opts, out_dir, progress, flags=()):
     resume = prepare_run_dir(out_dir, arm, seed, opts)
     # The training command of this same installation (the demo's datasets are in ./datasets
     # or $MS_RCNN_DATASETS, so it runs in this folder too).
-    cmd = [sys.executable, "-m", "ms_rcnn.train_cli", "--config-file", ARMS[arm],
+    cmd = [sys.executable, "-m", "ms_rcnn.train_cli", "--config-file", ARMS[arm], *flags,
            *(["--resume"] if resume else []), *opts, "OUTPUT_DIR", out_dir]  # fmt: skip
     if resume:
         progress(f"{arm} seed {seed}: resuming the interrupted run in {out_dir}")
@@ -195,15 +207,40 @@ def training_cost_table(output_dir, arms, seeds):
     return "\n".join(lines)
 
 
+def dataset_flags(arm, args):
+    """The --register-coco flags an arm's training needs (the kudzu arms' photographs)."""
+    if not arm.startswith("kudzu_"):
+        return []
+    flags = []
+    for split in ("train", "val"):
+        json_file = os.path.join(args.kudzu_root, "annotations", f"{split}.json")
+        if not os.path.isfile(json_file):
+            raise SystemExit(
+                f"{arm}: no kudzu annotations at {json_file}; pass --kudzu-root (the folder "
+                "with annotations/ and images/) or set MS_RCNN_KUDZU"
+            )
+        flags += [
+            "--register-coco",
+            f"kudzu_{split}",
+            json_file,
+            os.path.join(args.kudzu_root, "images"),
+        ]
+    return flags
+
+
+def test_dataset(arm):
+    return "kudzu_val" if arm.startswith("kudzu_") else "synthetic_shapes_val"
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
     from .data import prepare_synthetic_dataset
 
     start = time.time()
-    names = ["synthetic_shapes_train", "synthetic_shapes_val"]
-    for name in names:
-        print(f"dataset {name}: {prepare_synthetic_dataset(name)}")
-    print(f"datasets ready in {time.time() - start:.0f} s", flush=True)
+    if any(not arm.startswith("kudzu_") for arm in args.arms):
+        for name in ["synthetic_shapes_train", "synthetic_shapes_val"]:
+            print(f"dataset {name}: {prepare_synthetic_dataset(name)}")
+        print(f"datasets ready in {time.time() - start:.0f} s", flush=True)
 
     # The head-only arm needs its seed's baseline, so the baseline runs first.
     arms = sorted(set(args.arms), key=list(ARMS).index)
@@ -221,7 +258,7 @@ def main(argv=None) -> int:
             elapsed = time.time() - started
             print(f"[{k + 1}/{len(runs)}] {msg} | demo elapsed {elapsed / 60:.1f} min", flush=True)
 
-        train_one(arm, seed, opts, out_dir, progress)
+        train_one(arm, seed, opts, out_dir, progress, dataset_flags(arm, args))
         minutes = (time.time() - run_start) / 60
         print(f"[{k + 1}/{len(runs)}] {arm} seed {seed} done in {minutes:.1f} min", flush=True)
 
@@ -240,7 +277,7 @@ def main(argv=None) -> int:
     for arm in arms:
         for seed in args.seeds:
             run_dir = os.path.join(args.output_dir, f"{arm}_s{seed}")
-            plot = os.path.join(run_dir, "inference", "synthetic_shapes_val", CALIBRATION_PLOT)
+            plot = os.path.join(run_dir, "inference", test_dataset(arm), CALIBRATION_PLOT)
             if os.path.exists(plot):
                 print(f"calibration plot ({arm}, seed {seed}): {plot}")
     return 0
