@@ -97,7 +97,9 @@ def run_overrides(args, seed, arm="ms_rcnn"):
         if arm == "ms_rcnn_head_only":  # keep its share of the full schedule (its config's)
             iters = max(1, iters * config_max_iter(arm) // config_max_iter("mask_rcnn"))
         # Keep the schedule's shape: warm-up, then two LR drops at 75% and 92%.
-        steps = (max(1, int(iters * 0.75)), max(1, int(iters * 0.92)))
+        # Detectron2's step scheduler needs steps strictly increasing within (0, iters): on
+        # very short runs (--iters 1 or 2) the two drops merge or vanish.
+        steps = tuple(sorted({s for s in (int(iters * 0.75), int(iters * 0.92)) if 0 < s < iters}))
         opts += ["SOLVER.MAX_ITER", str(iters), "SOLVER.STEPS", str(steps)]
         opts += ["SOLVER.WARMUP_ITERS", str(min(100, max(1, iters // 5)))]
     if args.soft_nms:

@@ -31,6 +31,18 @@ def test_iters_scale_the_schedule(demo):
         "SEED",
         "1",
     ]
+    # Very short runs: steps Detectron2's scheduler accepts (strictly increasing, in (0, iters)),
+    # checked with the scheduler itself.
+    from fvcore.common.param_scheduler import MultiStepParamScheduler
+
+    for iters, expected in [(1, "()"), (2, "(1,)"), (3, "(2,)"), (4, "(3,)"), (13, "(9, 11)")]:
+        short = dict(zip(*[iter(demo.run_overrides(SimpleNamespace(iters=iters, soft_nms=False,
+                                                                   opts=[]), 1))] * 2))  # fmt: skip
+        assert short["SOLVER.STEPS"] == expected, iters
+        steps = list(eval(short["SOLVER.STEPS"]))
+        MultiStepParamScheduler(
+            values=[0.1**k for k in range(len(steps) + 1)], milestones=steps, num_updates=iters
+        )
     with pytest.raises(SystemExit, match="--iters"):
         demo.run_overrides(SimpleNamespace(iters=0, soft_nms=False, opts=[]), 1)
 
