@@ -18,7 +18,13 @@ import torch
 from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.utils.file_io import PathManager
 
-__all__ = ["MSRCNNCheckpointer", "checkpoint_num_classes", "atomic_torch_save"]
+__all__ = [
+    "MSRCNNCheckpointer",
+    "checkpoint_num_classes",
+    "read_checkpoint",
+    "atomic_torch_save",
+    "atomic_write",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -44,7 +50,7 @@ def _is_local_path(path: str) -> bool:
     return not any(path.startswith(prefix) for prefix in prefixes)
 
 
-def _atomic_write(path: str, write) -> None:
+def atomic_write(path: str, write) -> None:
     """Write `path` so that no reader ever sees part of it.
 
     On the local filesystem: write a temporary file in the same folder, then rename it over
@@ -82,8 +88,8 @@ def _atomic_write(path: str, write) -> None:
 
 
 def atomic_torch_save(obj, path: str) -> None:
-    """torch.save(obj, path), atomically (see `_atomic_write`)."""
-    _atomic_write(path, lambda f: torch.save(obj, f))
+    """torch.save(obj, path), atomically (see `atomic_write`)."""
+    atomic_write(path, lambda f: torch.save(obj, f))
 
 
 def checkpoint_num_classes(state_dict) -> Optional[int]:
@@ -92,6 +98,16 @@ def checkpoint_num_classes(state_dict) -> Optional[int]:
         if key.startswith(("roi_heads.", "module.roi_heads.")) and key.endswith("cls_score.weight"):
             return int(value.shape[0]) - 1
     return None
+
+
+def read_checkpoint(path: str) -> dict:
+    """The contents of checkpoint `path` as `MSRCNNCheckpointer.load` reads it ({"model":
+    state_dict, ...}; Detectron2's conversions of .pkl/.pyth files and URL queries applied),
+    without a model. Pass it back as `load(path, contents=...)` to load it without reading
+    the file twice."""
+    reader = _CheckpointReader(torch.nn.Module())
+    reader.load(path, checkpointables=[])
+    return reader.contents
 
 
 class MSRCNNCheckpointer(DetectionCheckpointer):
@@ -111,10 +127,12 @@ class MSRCNNCheckpointer(DetectionCheckpointer):
     count as absent layers.
     """
 
-    def __init__(self, model, save_dir="", *, strict: bool = False, **kwargs):
+    def __init__(self, model, save_dir="", *, strict: bool = False, config=None, **kwargs):
         super().__init__(model, save_dir, **kwargs)
         self.strict = strict
+        self.config = config
         self._path = None
+        self._contents = None
         self._strict_now = strict
         self._ckpt_classes = self._model_classes = None
 
@@ -134,16 +152,24 @@ class MSRCNNCheckpointer(DetectionCheckpointer):
     def tag_last_checkpoint(self, last_filename_basename: str) -> None:
         # The tag is written after its checkpoint, so it never names a partial file.
         path = os.path.join(self.save_dir, "last_checkpoint")
-        _atomic_write(path, lambda f: f.write(last_filename_basename.encode()))
+        atomic_write(path, lambda f: f.write(last_filename_basename.encode()))
 
-    def load(self, path, checkpointables: Optional[List[str]] = None):
+    def load(self, path, checkpointables: Optional[List[str]] = None, *, contents=None):
+        """Load `path`; `contents`: what `read_checkpoint(path)` returned, to load from memory
+        instead of reading the file again (a caller that looked into it first)."""
         # checkpointables=None loads the trainer state too: that is resuming, which must
         # continue the very model it saved.
         self._path = path
         self._strict_now = self.strict or (checkpointables is None and bool(self.checkpointables))
-        return super().load(path, checkpointables=checkpointables)
+        self._contents = contents
+        try:
+            return super().load(path, checkpointables=checkpointables)
+        finally:
+            self._contents = None
 
     def _load_file(self, filename):
+        if self._contents is not None:
+            return dict(self._contents)  # _load_model pops "model": leave the caller's intact
         try:
             return super()._load_file(filename)
         except (EOFError, RuntimeError, ValueError, pickle.UnpicklingError) as e:
@@ -260,3 +286,13 @@ def _describe_shapes(shapes: List[Tuple[str, tuple, tuple]]) -> str:
     return ", ".join(
         f"{name} {ckpt} in the file vs {model}" for name, (ckpt, model) in layers.items()
     )
+
+
+class _CheckpointReader(MSRCNNCheckpointer):
+    """Reads a checkpoint through the loader's own path handling, and keeps it."""
+
+    contents: dict = {}
+
+    def _load_model(self, checkpoint):
+        self.contents = checkpoint
+        return None  # fvcore then logs nothing and loads nothing

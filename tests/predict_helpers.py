@@ -52,8 +52,8 @@ def predict_args(
     images = setup_dir / "shapes" / "images"
     registration = ["--register-coco", "pred_shapes", str(setup_dir / "remapped.json"),
                     str(images)] if register else []  # fmt: skip
-    argv = ["--config-file", str(config or setup_dir / f"{arm}.yaml"), "--output", str(out),
-            "--input", *(inputs or [str(images)]), *registration,
+    argv = ["--config-file", str(config or setup_dir / f"{arm}.yaml"),
+            "--input", *(inputs or [str(images)]), "--output", str(out), *registration,
             *extra, "MODEL.WEIGHTS", str(weights or setup_dir / f"{arm}.pth")]  # fmt: skip
     return build_parser().parse_args(argv)
 

@@ -49,13 +49,14 @@ def test_predictions_json_and_images_match_the_model(setup_dir, tmp_path, capsys
         assert len(mine) == len(order), path
         for r, i in zip(mine, order.tolist()):
             assert set(r) == {"file_name", "image_id", "category_id", "bbox", "segmentation",
-                              "score", "mask_score", "pred_maskiou"}  # fmt: skip
+                              "score", "class_score", "mask_score", "pred_maskiou"}  # fmt: skip
             assert r["image_id"] == gt_ids[path.name]  # the dataset's image id
             assert r["category_id"] == DATASET_IDS[int(inst.pred_classes[i])]
             x0, y0, x1, y1 = inst.pred_boxes.tensor[i].tolist()
             assert r["bbox"] == pytest.approx([x0, y0, x1 - x0, y1 - y0], abs=1e-3)
-            assert r["score"] == pytest.approx(float(inst.scores[i]), abs=1e-5)
+            assert r["class_score"] == pytest.approx(float(inst.scores[i]), abs=1e-5)
             assert r["mask_score"] == pytest.approx(float(inst.mask_scores[i]), abs=1e-5)
+            assert r["score"] == r["mask_score"]  # the ranking score
             assert r["pred_maskiou"] == pytest.approx(float(inst.pred_maskiou[i]), abs=1e-5)
             rle = {**r["segmentation"], "counts": r["segmentation"]["counts"].encode()}
             decoded = mask_util.decode(rle)
@@ -77,6 +78,7 @@ def test_plain_mask_rcnn_ranks_by_class_score(setup_dir, tmp_path):
     records = json.loads((tmp_path / "predictions.json").read_text())
     expected = sorted(s for s in inst.scores.tolist() if s > threshold)[::-1]
     assert [r["score"] for r in records] == pytest.approx(expected, abs=1e-5)
+    assert all(r["class_score"] == r["score"] for r in records)
     assert all("mask_score" not in r and "pred_maskiou" not in r for r in records)
 
 
@@ -178,8 +180,12 @@ def test_weights_that_do_not_fit_are_refused(setup_dir, tmp_path):
 
     three = tiny_cfg("MaskScoringROIHeads", mask_format="bitmask", num_classes=3)
     MSRCNNCheckpointer(build_model(three), str(tmp_path)).save("three")
-    with pytest.raises(InputError, match=r"three.pth.*3 classes.*NUM_CLASSES=6"):
+    with pytest.raises(InputError, match=r"three.pth has 3 classes.*pred_shapes.*has 6"):
         run_predict(setup_dir, tmp_path / "a", weights=tmp_path / "three.pth")
+    # Without class names, the strict loader names the class counts of file and config.
+    with pytest.raises(InputError, match=r"three.pth.*3 classes.*NUM_CLASSES=6"):
+        run_predict(setup_dir, tmp_path / "a", "DATASETS.TEST", "()", register=False,
+                    weights=tmp_path / "three.pth")  # fmt: skip
     # A Mask R-CNN checkpoint has no MaskIoU head: an MS R-CNN config would rank by random IoUs.
     with pytest.raises(InputError, match=r"plain.pth.*absent.*maskiou_head"):
         run_predict(setup_dir, tmp_path / "b", weights=setup_dir / "plain.pth")
@@ -191,7 +197,9 @@ def test_config_errors_are_named(setup_dir, tmp_path):
     if not torch.cuda.is_available():
         with pytest.raises(InputError, match="MODEL.DEVICE=cuda, but torch sees no GPU"):
             run_predict(setup_dir, tmp_path, "MODEL.DEVICE", "cuda")
-    with pytest.raises(InputError, match=r"NUM_CLASSES=4, but dataset pred_shapes has 6"):
+    with pytest.raises(
+        InputError, match=r"ms.pth.*has 6 classes but MODEL.ROI_HEADS.NUM_CLASSES=4"
+    ):
         run_predict(setup_dir, tmp_path, "MODEL.ROI_HEADS.NUM_CLASSES", "4")
     with pytest.raises(InputError, match="MODEL.NO_SUCH_KEY"):
         run_predict(setup_dir, tmp_path, "MODEL.NO_SUCH_KEY", "1")
