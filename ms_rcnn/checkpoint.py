@@ -18,6 +18,8 @@ import torch
 from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.utils.file_io import PathManager
 
+from .weights_config import RECORD_KEY, check_weights_config, weights_config
+
 __all__ = [
     "MSRCNNCheckpointer",
     "checkpoint_num_classes",
@@ -128,6 +130,14 @@ class MSRCNNCheckpointer(DetectionCheckpointer):
     """
 
     def __init__(self, model, save_dir="", *, strict: bool = False, config=None, **kwargs):
+        """
+        Args:
+            model, save_dir, kwargs: as for `DetectionCheckpointer`.
+            strict: load every layer (evaluation and prediction), see the class docstring.
+            config: the config the model was built from. Given, checkpoints saved record the
+                config keys the weights need, and loading checks a checkpoint's record against
+                it (`ms_rcnn.weights_config`): an error when `strict`, else a warning.
+        """
         super().__init__(model, save_dir, **kwargs)
         self.strict = strict
         self.config = config
@@ -142,6 +152,9 @@ class MSRCNNCheckpointer(DetectionCheckpointer):
         data = {"model": self.model.state_dict()}
         for key, obj in self.checkpointables.items():
             data[key] = obj.state_dict()
+        if self.config is not None:  # the config keys these weights need, checked at load
+            run_config = os.path.join(self.config.OUTPUT_DIR, "config.yaml")  # default_setup's
+            data[RECORD_KEY] = weights_config(self.config, run_config)
         data.update(kwargs)
         basename = f"{name}.pth"
         save_file = os.path.join(self.save_dir, basename)
@@ -180,6 +193,11 @@ class MSRCNNCheckpointer(DetectionCheckpointer):
             ) from e
 
     def _load_model(self, checkpoint):
+        if self.config is not None:
+            # Before any tensor is copied: a refusal leaves the model as it was.
+            check_weights_config(
+                self.config, checkpoint.get(RECORD_KEY), self._path, inference=self.strict
+            )
         self._ckpt_classes = checkpoint_num_classes(checkpoint.get("model", {}))
         self._model_classes = getattr(getattr(self.model, "roi_heads", None), "num_classes", None)
         incompatible = super()._load_model(checkpoint)
