@@ -52,6 +52,38 @@ def _is_local_path(path: str) -> bool:
     return not any(path.startswith(prefix) for prefix in prefixes)
 
 
+_PROC_STATUS = "/proc/self/status"
+
+
+def _umask_from_proc() -> Optional[int]:
+    """The umask as Linux (4.7+) shows it in /proc/self/status, or None where it does not."""
+    try:
+        with open(_PROC_STATUS) as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
+# Elsewhere the only way to read the umask is to set it (os.umask returns the old value), which
+# leaves it at the probe value (here 0o022, not 0) for a moment: another thread creating a file
+# then would get that mode. So it is read once, at import, before this module saves anything.
+_UMASK_AT_IMPORT = None
+if _umask_from_proc() is None:  # pragma: no cover (Linux has /proc)
+    _UMASK_AT_IMPORT = os.umask(0o022)
+    os.umask(_UMASK_AT_IMPORT)
+
+
+def _process_umask() -> int:
+    """The process umask, read without setting it (see `_UMASK_AT_IMPORT`)."""
+    umask = _umask_from_proc()
+    if umask is None:
+        umask = _UMASK_AT_IMPORT
+    return 0o022 if umask is None else umask
+
+
 def atomic_write(path: str, write) -> None:
     """Write `path` so that no reader ever sees part of it.
 
@@ -75,9 +107,7 @@ def atomic_write(path: str, write) -> None:
     try:
         # mkstemp creates the file private (0600); give it the mode a plain open() would have,
         # so checkpoints stay readable by whoever could read them before.
-        umask = os.umask(0)
-        os.umask(umask)
-        os.fchmod(fd, 0o666 & ~umask)
+        os.fchmod(fd, 0o666 & ~_process_umask())
         with os.fdopen(fd, "wb") as f:
             write(f)
             f.flush()
