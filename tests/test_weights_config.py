@@ -207,3 +207,25 @@ def test_an_old_checkpoint_loads_as_before_and_says_it_cannot_be_checked(predict
         "records no config keys" in r.getMessage() and "not checked" in r.getMessage()
         for r in caplog.records
     )
+
+
+def test_training_from_it_warns_and_records_its_own_config(predict_setup, other_mean, tmp_path,
+                                                          caplog):  # fmt: skip
+    """Trainer: starting from weights made for another pixel mean is a warning naming it (the
+    fine-tuning goes on); the checkpoints it writes record the training config."""
+    from ms_rcnn.data.user_datasets import register_coco_datasets
+    from ms_rcnn.engine import Trainer
+
+    path, _ = other_mean
+    images = predict_setup / "shapes" / "images"
+    register_coco_datasets([("pred_shapes", str(predict_setup / "remapped.json"), str(images))])
+    cfg = tiny_cfg("MaskScoringROIHeads", mask_format="bitmask", num_classes=6)
+    cfg.merge_from_file(str(predict_setup / "ms.yaml"))
+    cfg.MODEL.WEIGHTS, cfg.OUTPUT_DIR = str(path), str(tmp_path / "train")
+    trainer = Trainer(cfg)
+    with caplog.at_level(logging.WARNING):
+        trainer.resume_or_load(resume=False)
+    assert any("MODEL.PIXEL_MEAN is [10.0, 20.0, 30.0]" in r.getMessage() for r in caplog.records)
+    trainer.checkpointer.save("after")
+    saved = torch.load(tmp_path / "train" / "after.pth", map_location="cpu", weights_only=False)
+    assert saved["weights_config"]["keys"]["MODEL.PIXEL_MEAN"] == list(cfg.MODEL.PIXEL_MEAN)
