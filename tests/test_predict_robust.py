@@ -182,7 +182,10 @@ def test_a_failure_midway_keeps_the_finished_images(
 
         monkeypatch.setattr(cli.BatchPredictor, "__call__", call)
     out = tmp_path / "out"
-    status = run_predict(setup_dir, out, *OPTS, inputs=[str(four_images)])
+    try:
+        status = run_predict(setup_dir, out, *OPTS, inputs=[str(four_images)])
+    except KeyboardInterrupt:  # escaping, it would end the whole test session
+        pytest.fail("Ctrl-C escaped predict's run() instead of ending it with status 130")
     assert status == (130 if failure == "ctrl_c" else 1)
     done = [str(four_images / f"00000{i}.png") for i in (1, 2)]
     files, records = records_by_file(out)
