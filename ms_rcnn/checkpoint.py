@@ -18,7 +18,15 @@ import torch
 from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.utils.file_io import PathManager
 
-__all__ = ["MSRCNNCheckpointer", "checkpoint_num_classes", "atomic_torch_save"]
+from .weights_config import RECORD_KEY, check_weights_config, weights_config
+
+__all__ = [
+    "MSRCNNCheckpointer",
+    "checkpoint_num_classes",
+    "read_checkpoint",
+    "atomic_torch_save",
+    "atomic_write",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -44,7 +52,39 @@ def _is_local_path(path: str) -> bool:
     return not any(path.startswith(prefix) for prefix in prefixes)
 
 
-def _atomic_write(path: str, write) -> None:
+_PROC_STATUS = "/proc/self/status"
+
+
+def _umask_from_proc() -> Optional[int]:
+    """The umask as Linux (4.7+) shows it in /proc/self/status, or None where it does not."""
+    try:
+        with open(_PROC_STATUS) as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
+# Elsewhere the only way to read the umask is to set it (os.umask returns the old value), which
+# leaves it at the probe value (here 0o022, not 0) for a moment: another thread creating a file
+# then would get that mode. So it is read once, at import, before this module saves anything.
+_UMASK_AT_IMPORT = None
+if _umask_from_proc() is None:  # pragma: no cover (Linux has /proc)
+    _UMASK_AT_IMPORT = os.umask(0o022)
+    os.umask(_UMASK_AT_IMPORT)
+
+
+def _process_umask() -> int:
+    """The process umask, read without setting it (see `_UMASK_AT_IMPORT`)."""
+    umask = _umask_from_proc()
+    if umask is None:
+        umask = _UMASK_AT_IMPORT
+    return 0o022 if umask is None else umask
+
+
+def atomic_write(path: str, write) -> None:
     """Write `path` so that no reader ever sees part of it.
 
     On the local filesystem: write a temporary file in the same folder, then rename it over
@@ -67,9 +107,7 @@ def _atomic_write(path: str, write) -> None:
     try:
         # mkstemp creates the file private (0600); give it the mode a plain open() would have,
         # so checkpoints stay readable by whoever could read them before.
-        umask = os.umask(0)
-        os.umask(umask)
-        os.fchmod(fd, 0o666 & ~umask)
+        os.fchmod(fd, 0o666 & ~_process_umask())
         with os.fdopen(fd, "wb") as f:
             write(f)
             f.flush()
@@ -82,8 +120,8 @@ def _atomic_write(path: str, write) -> None:
 
 
 def atomic_torch_save(obj, path: str) -> None:
-    """torch.save(obj, path), atomically (see `_atomic_write`)."""
-    _atomic_write(path, lambda f: torch.save(obj, f))
+    """torch.save(obj, path), atomically (see `atomic_write`)."""
+    atomic_write(path, lambda f: torch.save(obj, f))
 
 
 def checkpoint_num_classes(state_dict) -> Optional[int]:
@@ -92,6 +130,16 @@ def checkpoint_num_classes(state_dict) -> Optional[int]:
         if key.startswith(("roi_heads.", "module.roi_heads.")) and key.endswith("cls_score.weight"):
             return int(value.shape[0]) - 1
     return None
+
+
+def read_checkpoint(path: str) -> dict:
+    """The contents of checkpoint `path` as `MSRCNNCheckpointer.load` reads it ({"model":
+    state_dict, ...}; Detectron2's conversions of .pkl/.pyth files and URL queries applied),
+    without a model. Pass it back as `load(path, contents=...)` to load it without reading
+    the file twice."""
+    reader = _CheckpointReader(torch.nn.Module())
+    reader.load(path, checkpointables=[])
+    return reader.contents
 
 
 class MSRCNNCheckpointer(DetectionCheckpointer):
@@ -111,10 +159,20 @@ class MSRCNNCheckpointer(DetectionCheckpointer):
     count as absent layers.
     """
 
-    def __init__(self, model, save_dir="", *, strict: bool = False, **kwargs):
+    def __init__(self, model, save_dir="", *, strict: bool = False, config=None, **kwargs):
+        """
+        Args:
+            model, save_dir, kwargs: as for `DetectionCheckpointer`.
+            strict: load every layer (evaluation and prediction), see the class docstring.
+            config: the config the model was built from. Given, checkpoints saved record the
+                config keys the weights need, and loading checks a checkpoint's record against
+                it (`ms_rcnn.weights_config`): an error when `strict`, else a warning.
+        """
         super().__init__(model, save_dir, **kwargs)
         self.strict = strict
+        self.config = config
         self._path = None
+        self._contents = None
         self._strict_now = strict
         self._ckpt_classes = self._model_classes = None
 
@@ -124,6 +182,9 @@ class MSRCNNCheckpointer(DetectionCheckpointer):
         data = {"model": self.model.state_dict()}
         for key, obj in self.checkpointables.items():
             data[key] = obj.state_dict()
+        if self.config is not None:  # the config keys these weights need, checked at load
+            run_config = os.path.join(self.config.OUTPUT_DIR, "config.yaml")  # default_setup's
+            data[RECORD_KEY] = weights_config(self.config, run_config)
         data.update(kwargs)
         basename = f"{name}.pth"
         save_file = os.path.join(self.save_dir, basename)
@@ -134,16 +195,24 @@ class MSRCNNCheckpointer(DetectionCheckpointer):
     def tag_last_checkpoint(self, last_filename_basename: str) -> None:
         # The tag is written after its checkpoint, so it never names a partial file.
         path = os.path.join(self.save_dir, "last_checkpoint")
-        _atomic_write(path, lambda f: f.write(last_filename_basename.encode()))
+        atomic_write(path, lambda f: f.write(last_filename_basename.encode()))
 
-    def load(self, path, checkpointables: Optional[List[str]] = None):
+    def load(self, path, checkpointables: Optional[List[str]] = None, *, contents=None):
+        """Load `path`; `contents`: what `read_checkpoint(path)` returned, to load from memory
+        instead of reading the file again (a caller that looked into it first)."""
         # checkpointables=None loads the trainer state too: that is resuming, which must
         # continue the very model it saved.
         self._path = path
         self._strict_now = self.strict or (checkpointables is None and bool(self.checkpointables))
-        return super().load(path, checkpointables=checkpointables)
+        self._contents = contents
+        try:
+            return super().load(path, checkpointables=checkpointables)
+        finally:
+            self._contents = None
 
     def _load_file(self, filename):
+        if self._contents is not None:
+            return dict(self._contents)  # _load_model pops "model": leave the caller's intact
         try:
             return super()._load_file(filename)
         except (EOFError, RuntimeError, ValueError, pickle.UnpicklingError) as e:
@@ -154,6 +223,11 @@ class MSRCNNCheckpointer(DetectionCheckpointer):
             ) from e
 
     def _load_model(self, checkpoint):
+        if self.config is not None:
+            # Before any tensor is copied: a refusal leaves the model as it was.
+            check_weights_config(
+                self.config, checkpoint.get(RECORD_KEY), self._path, inference=self.strict
+            )
         self._ckpt_classes = checkpoint_num_classes(checkpoint.get("model", {}))
         self._model_classes = getattr(getattr(self.model, "roi_heads", None), "num_classes", None)
         incompatible = super()._load_model(checkpoint)
@@ -260,3 +334,13 @@ def _describe_shapes(shapes: List[Tuple[str, tuple, tuple]]) -> str:
     return ", ".join(
         f"{name} {ckpt} in the file vs {model}" for name, (ckpt, model) in layers.items()
     )
+
+
+class _CheckpointReader(MSRCNNCheckpointer):
+    """Reads a checkpoint through the loader's own path handling, and keeps it."""
+
+    contents: dict = {}
+
+    def _load_model(self, checkpoint):
+        self.contents = checkpoint
+        return None  # fvcore then logs nothing and loads nothing

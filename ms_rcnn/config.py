@@ -23,6 +23,11 @@ def add_ms_rcnn_config(cfg):
     _add_maskiou_head_config(cfg)
     _add_soft_nms_config(cfg)
     _add_evaluation_config(cfg)
+    # What loading a checkpoint does when the config keys its weights need (pixel mean, input
+    # format, anchors, RoIAlign, IoU clamp; recorded by the converters and by training) differ
+    # from this config's: "error" (an error for --eval-only and predict, a warning when training
+    # starts from it), "warn" (a warning everywhere) or "off". See ms_rcnn/weights_config.py.
+    _set_default(cfg.MODEL, "WEIGHTS_CONFIG_CHECK", "error")
     return cfg
 
 

@@ -83,8 +83,10 @@ class Trainer(DefaultTrainer):
 
     def __init__(self, cfg):
         super().__init__(cfg)
+        # With the config: checkpoints record the config keys the weights need, and starting
+        # from MODEL.WEIGHTS made for other values of them is a warning naming each.
         self.checkpointer = MSRCNNCheckpointer(
-            self._trainer.model, cfg.OUTPUT_DIR, trainer=weakref.proxy(self)
+            self._trainer.model, cfg.OUTPUT_DIR, trainer=weakref.proxy(self), config=cfg
         )
         for hook in self._hooks:  # the periodic saver was built with Detectron2's checkpointer
             if isinstance(hook, hooks.PeriodicCheckpointer):
@@ -188,8 +190,10 @@ def main(args):
     cfg = setup(args)
     if args.eval_only:
         model = Trainer.build_model(cfg)
-        # Strict: evaluating a model with re-initialized layers would be a silent wrong result.
-        checkpointer = MSRCNNCheckpointer(model, save_dir=cfg.OUTPUT_DIR, strict=True)
+        # Strict: evaluating a model with re-initialized layers, or weights made for another
+        # pixel mean, anchors or RoIAlign (MODEL.WEIGHTS_CONFIG_CHECK), would be a silent wrong
+        # result.
+        checkpointer = MSRCNNCheckpointer(model, save_dir=cfg.OUTPUT_DIR, strict=True, config=cfg)
         if not cfg.MODEL.WEIGHTS and not (args.resume and checkpointer.has_checkpoint()):
             raise ValueError(
                 "--eval-only needs trained weights: set MODEL.WEIGHTS (or --resume with a "

@@ -32,6 +32,7 @@ Usage: python scripts/install_detectron2.py [--force] [--source PATH]
 import argparse
 import hashlib
 import json
+import os
 import pathlib
 import shutil
 import subprocess
@@ -320,6 +321,38 @@ def install_checkout(source):
         pip("install", "--no-build-isolation", "-c", str(CONSTRAINTS), str(src))
 
 
+def extract_sdist(sdist, dest):
+    """Extract the sdist into `dest`, on every Python setup.py allows (>=3.9).
+
+    Each member is checked first, whatever the Python: only files and folders, with relative
+    paths that stay inside `dest` (an sdist needs no link or device; a link, an absolute path,
+    a `..` that leaves `dest` is an error naming the member). tarfile's "data" filter, in
+    Python 3.12 and the 3.9.17 / 3.10.12 / 3.11.4 patch releases, then applies on top; older
+    patch releases have no `filter` argument, so this does what the filter would do to the
+    checked members: no setuid/setgid/sticky bit nor group/other write permission, and the
+    files owned by whoever runs the script.
+    """
+    dest = pathlib.Path(dest).resolve()
+    with tarfile.open(sdist) as tar:
+        members = tar.getmembers()
+        for member in members:
+            if not (member.isfile() or member.isdir()):
+                kind = "link" if member.issym() or member.islnk() else "special file"
+                raise SystemExit(f"{sdist.name}: refused: member {member.name} is a {kind}")
+            target = (dest / member.name).resolve()
+            if pathlib.PurePath(member.name).is_absolute() or not target.is_relative_to(dest):
+                raise SystemExit(
+                    f"{sdist.name}: refused: member {member.name} would be written outside {dest}"
+                )
+        if hasattr(tarfile, "data_filter"):
+            tar.extractall(dest, members=members, filter="data")
+            return
+        for member in members:
+            member.mode = (member.mode & 0o755) | (0o700 if member.isdir() else 0o600)
+            member.uid, member.gid, member.uname, member.gname = os.getuid(), os.getgid(), "", ""
+        tar.extractall(dest, members=members)
+
+
 def build_and_install():
     version = pinned_version()
     with tempfile.TemporaryDirectory(prefix="d2-build-") as tmp:
@@ -332,8 +365,7 @@ def build_and_install():
         digest = hashlib.sha256(sdist.read_bytes()).hexdigest()
         if digest != SDIST_SHA256:
             raise SystemExit(f"{sdist.name}: sha256 {digest}, expected {SDIST_SHA256}")
-        with tarfile.open(sdist) as tar:
-            tar.extractall(tmp, filter="data")
+        extract_sdist(sdist, tmp)
         src = next(p for p in tmp.iterdir() if p.is_dir())
         log("patched: " + ", ".join(patch_source(src)))
         pip("install", "--no-build-isolation", "-c", str(CONSTRAINTS), str(src))

@@ -103,3 +103,11 @@ def _restore_denormals():
     keep that from leaking into later tests (hypothesis refuses to run with it on)."""
     yield
     torch.set_flush_denormal(False)
+
+
+@pytest.fixture(scope="session")
+def predict_setup(tmp_path_factory):
+    """Images, COCO JSON and tiny checkpoints for the predict tests (tests/predict_helpers.py)."""
+    from predict_helpers import make_predict_setup
+
+    return make_predict_setup(tmp_path_factory.mktemp("predict"))

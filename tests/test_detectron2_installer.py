@@ -4,10 +4,16 @@ It must rebuild a fallback that an older version of the script built (other comp
 none of today's fingerprint), and keep any Detectron2 installed another way.
 """
 
+import hashlib
 import importlib.util
+import io
 import json
+import re
+import shutil
 import subprocess
 import sys
+import tarfile
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -146,3 +152,94 @@ def test_installed_fallback_carries_this_scripts_fingerprint(installer):
     assert found["fingerprint"] == installer.FALLBACK_FINGERPRINT, (
         "this fallback was built by an older install_detectron2.py: run `make setup`"
     )
+
+
+# ------------------------------------------------- extracting the sdist on any Python 3.9+
+
+
+@pytest.fixture
+def old_python_tarfile(monkeypatch):
+    """tarfile as in Python before 3.9.17 / 3.10.12 / 3.11.4: no extraction filters."""
+    monkeypatch.delattr(tarfile, "data_filter")
+    real = tarfile.TarFile.extractall
+
+    def extractall(self, path=".", members=None, *, numeric_owner=False, **kwargs):
+        if kwargs:
+            raise TypeError(
+                f"extractall() got an unexpected keyword argument {next(iter(kwargs))!r}"
+            )
+        return real(self, path, members, numeric_owner=numeric_owner)
+
+    monkeypatch.setattr(tarfile.TarFile, "extractall", extractall)
+
+
+def sdist_with(path, extra=()):
+    """A .tar.gz like the pb1-detectron2 sdist: a top folder with files; `extra` members
+    (name, type, link target) added after them."""
+    with tarfile.open(path, "w:gz") as tar:
+        for name, data in (("pb1-detectron2-0.6/setup.py", b"# setup\n"),
+                           ("pb1-detectron2-0.6/detectron2/__init__.py", b"x = 1\n")):  # fmt: skip
+            info = tarfile.TarInfo(name)
+            info.size, info.mode = len(data), 0o4777  # setuid, world-writable: not kept
+            tar.addfile(info, io.BytesIO(data))
+        for name, kind, target in extra:
+            info = tarfile.TarInfo(name)
+            info.type, info.linkname = kind, target
+            data = b"" if kind != tarfile.REGTYPE else b"escaped\n"
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    return path
+
+
+def build_with(installer, monkeypatch, tmp_path, sdist):
+    """Run build_and_install on `sdist` (pip download/install stubbed); returns the files the
+    install step saw, relative to the extracted source, with their modes."""
+    seen = {}
+
+    def pip(*args):
+        if args[0] == "download":
+            shutil.copy(sdist, args[args.index("-d") + 1])
+        else:
+            src = Path(args[-1])
+            seen.update({str(p.relative_to(src)): p.stat().st_mode & 0o7777
+                         for p in src.rglob("*") if p.is_file()})  # fmt: skip
+
+    monkeypatch.setattr(installer, "pip", pip)
+    monkeypatch.setattr(installer, "pinned_version", lambda: "0.6")
+    monkeypatch.setattr(installer, "patch_source", lambda src: ["nothing"])
+    monkeypatch.setattr(installer, "SDIST_SHA256", hashlib.sha256(sdist.read_bytes()).hexdigest())
+    installer.build_and_install()
+    return seen
+
+
+@pytest.mark.parametrize("python", ["with_filters", "before_filters"])
+def test_the_sdist_extracts_on_every_supported_python(installer, tmp_path, monkeypatch, request,
+                                                      python):  # fmt: skip
+    """setup.py says >=3.9; tarfile's filter= argument came with 3.9.17/3.10.12/3.11.4."""
+    if python == "before_filters":
+        request.getfixturevalue("old_python_tarfile")
+    seen = build_with(installer, monkeypatch, tmp_path, sdist_with(tmp_path / "d2.tar.gz"))
+    assert set(seen) == {"setup.py", "detectron2/__init__.py"}
+    assert all(mode & 0o7022 == 0 for mode in seen.values()), seen  # no setuid, no o/g write
+
+
+@pytest.mark.parametrize("python", ["with_filters", "before_filters"])
+@pytest.mark.parametrize(
+    "name,kind,target",
+    [("pb1-detectron2-0.6/link", tarfile.SYMTYPE, "/etc/passwd"),
+     ("pb1-detectron2-0.6/inner", tarfile.SYMTYPE, "setup.py"),
+     ("pb1-detectron2-0.6/hard", tarfile.LNKTYPE, "pb1-detectron2-0.6/setup.py"),
+     ("pb1-detectron2-0.6/../../escaped.txt", tarfile.REGTYPE, ""),
+     ("/tmp/absolute-escaped.txt", tarfile.REGTYPE, ""),
+     ("pb1-detectron2-0.6/dev", tarfile.CHRTYPE, "")],
+    ids=["symlink_out", "symlink_in", "hardlink", "dotdot", "absolute", "device"],
+)  # fmt: skip
+def test_links_and_paths_outside_are_refused(installer, tmp_path, monkeypatch, request, python,
+                                              name, kind, target):  # fmt: skip
+    if python == "before_filters":
+        request.getfixturevalue("old_python_tarfile")
+    sdist = sdist_with(tmp_path / "d2.tar.gz", [(name, kind, target)])
+    with pytest.raises(SystemExit, match=re.escape(name)):
+        build_with(installer, monkeypatch, tmp_path, sdist)
+    assert not Path("/tmp/absolute-escaped.txt").exists()
+    assert not list(Path(tempfile.gettempdir()).glob("escaped.txt"))

@@ -13,84 +13,14 @@ import pytest
 import torch
 from conftest import tiny_cfg
 from PIL import Image
+from predict_helpers import DATASET_IDS, model_outputs, predict_args, run_predict
 
 ROOT = Path(__file__).resolve().parent.parent
-# Non-contiguous dataset category ids, so the mapping back from contiguous ids is exercised.
-DATASET_IDS = [3, 5, 8, 13, 21, 34]
 
 
-@pytest.fixture(scope="module")
-def setup_dir(tmp_path_factory):
-    """4 generated 64x64 images, their COCO JSON with remapped category ids, and tiny MS R-CNN
-    and Mask R-CNN checkpoints with their configs (random weights: ranks and IoUs vary)."""
-    from detectron2.modeling import build_model
-
-    from ms_rcnn.checkpoint import MSRCNNCheckpointer
-    from ms_rcnn.data.synthetic import generate_synthetic_dataset
-
-    base = tmp_path_factory.mktemp("predict")
-    json_file = generate_synthetic_dataset(str(base), "shapes", num_images=4, seed=7, image_size=64)
-    data = json.loads(Path(json_file).read_text())
-    old_ids = sorted(c["id"] for c in data["categories"])
-    remap = dict(zip(old_ids, DATASET_IDS))
-    for c in data["categories"]:
-        c["id"] = remap[c["id"]]
-    for a in data["annotations"]:
-        a["category_id"] = remap[a["category_id"]]
-    (base / "remapped.json").write_text(json.dumps(data))
-    for arm, heads in (("ms", "MaskScoringROIHeads"), ("plain", "StandardROIHeads")):
-        torch.manual_seed(0)
-        cfg = tiny_cfg(heads, mask_format="bitmask", num_classes=6)
-        cfg.MODEL.PIXEL_STD = [57.0, 57.0, 57.0]
-        cfg.TEST.DETECTIONS_PER_IMAGE = 8
-        cfg.DATASETS.TRAIN = cfg.DATASETS.TEST = ("pred_shapes",)
-        MSRCNNCheckpointer(build_model(cfg), str(base)).save(arm)
-        (base / f"{arm}.yaml").write_text(cfg.dump())
-    return base
-
-
-def predict_args(setup_dir, out, *extra, arm="ms", inputs=None, weights=None):
-    from ms_rcnn.predict.cli import build_parser
-
-    images = setup_dir / "shapes" / "images"
-    argv = ["--config-file", str(setup_dir / f"{arm}.yaml"), "--output", str(out),
-            "--input", *(inputs or [str(images)]),
-            "--register-coco", "pred_shapes", str(setup_dir / "remapped.json"), str(images),
-            *extra, "MODEL.WEIGHTS", str(weights or setup_dir / f"{arm}.pth")]  # fmt: skip
-    return build_parser().parse_args(argv)
-
-
-def run_predict(setup_dir, out, *extra, **kwargs):
-    from ms_rcnn.predict.cli import run
-
-    return run(predict_args(setup_dir, out, *extra, **kwargs))
-
-
-def model_outputs(setup_dir, arm, paths):
-    """The checkpoint's own outputs per image, at a class-score threshold of 0, computed here
-    without ms_rcnn.predict.pipeline: PIL read, BGR, no resize (64 is the test size), one image
-    a call."""
-    from detectron2.checkpoint import DetectionCheckpointer
-    from detectron2.config import get_cfg
-    from detectron2.modeling import build_model
-
-    from ms_rcnn import add_ms_rcnn_config
-
-    cfg = get_cfg()
-    add_ms_rcnn_config(cfg)
-    cfg.merge_from_file(str(setup_dir / f"{arm}.yaml"))
-    cfg.MODEL.ROI_HEADS.SCORE_THRESH_TEST = 0.0
-    model = build_model(cfg).eval()
-    DetectionCheckpointer(model).load(str(setup_dir / f"{arm}.pth"))
-    outputs = {}
-    for path in paths:
-        bgr = np.asarray(Image.open(path).convert("RGB"))[:, :, ::-1]
-        image = torch.as_tensor(np.ascontiguousarray(bgr.transpose(2, 0, 1)))
-        with torch.no_grad():
-            outputs[str(path)] = model([{"image": image, "height": 64, "width": 64}])[0][
-                "instances"
-            ]
-    return outputs
+@pytest.fixture
+def setup_dir(predict_setup):
+    return predict_setup
 
 
 def test_predictions_json_and_images_match_the_model(setup_dir, tmp_path, capsys):
@@ -119,13 +49,14 @@ def test_predictions_json_and_images_match_the_model(setup_dir, tmp_path, capsys
         assert len(mine) == len(order), path
         for r, i in zip(mine, order.tolist()):
             assert set(r) == {"file_name", "image_id", "category_id", "bbox", "segmentation",
-                              "score", "mask_score", "pred_maskiou"}  # fmt: skip
+                              "score", "class_score", "mask_score", "pred_maskiou"}  # fmt: skip
             assert r["image_id"] == gt_ids[path.name]  # the dataset's image id
             assert r["category_id"] == DATASET_IDS[int(inst.pred_classes[i])]
             x0, y0, x1, y1 = inst.pred_boxes.tensor[i].tolist()
             assert r["bbox"] == pytest.approx([x0, y0, x1 - x0, y1 - y0], abs=1e-3)
-            assert r["score"] == pytest.approx(float(inst.scores[i]), abs=1e-5)
+            assert r["class_score"] == pytest.approx(float(inst.scores[i]), abs=1e-5)
             assert r["mask_score"] == pytest.approx(float(inst.mask_scores[i]), abs=1e-5)
+            assert r["score"] == r["mask_score"]  # the ranking score
             assert r["pred_maskiou"] == pytest.approx(float(inst.pred_maskiou[i]), abs=1e-5)
             rle = {**r["segmentation"], "counts": r["segmentation"]["counts"].encode()}
             decoded = mask_util.decode(rle)
@@ -147,6 +78,7 @@ def test_plain_mask_rcnn_ranks_by_class_score(setup_dir, tmp_path):
     records = json.loads((tmp_path / "predictions.json").read_text())
     expected = sorted(s for s in inst.scores.tolist() if s > threshold)[::-1]
     assert [r["score"] for r in records] == pytest.approx(expected, abs=1e-5)
+    assert all(r["class_score"] == r["score"] for r in records)
     assert all("mask_score" not in r and "pred_maskiou" not in r for r in records)
 
 
@@ -248,8 +180,12 @@ def test_weights_that_do_not_fit_are_refused(setup_dir, tmp_path):
 
     three = tiny_cfg("MaskScoringROIHeads", mask_format="bitmask", num_classes=3)
     MSRCNNCheckpointer(build_model(three), str(tmp_path)).save("three")
-    with pytest.raises(InputError, match=r"three.pth.*3 classes.*NUM_CLASSES=6"):
+    with pytest.raises(InputError, match=r"three.pth has 3 classes.*pred_shapes.*has 6"):
         run_predict(setup_dir, tmp_path / "a", weights=tmp_path / "three.pth")
+    # Without class names, the strict loader names the class counts of file and config.
+    with pytest.raises(InputError, match=r"three.pth.*3 classes.*NUM_CLASSES=6"):
+        run_predict(setup_dir, tmp_path / "a", "DATASETS.TEST", "()", register=False,
+                    weights=tmp_path / "three.pth")  # fmt: skip
     # A Mask R-CNN checkpoint has no MaskIoU head: an MS R-CNN config would rank by random IoUs.
     with pytest.raises(InputError, match=r"plain.pth.*absent.*maskiou_head"):
         run_predict(setup_dir, tmp_path / "b", weights=setup_dir / "plain.pth")
@@ -261,7 +197,9 @@ def test_config_errors_are_named(setup_dir, tmp_path):
     if not torch.cuda.is_available():
         with pytest.raises(InputError, match="MODEL.DEVICE=cuda, but torch sees no GPU"):
             run_predict(setup_dir, tmp_path, "MODEL.DEVICE", "cuda")
-    with pytest.raises(InputError, match=r"NUM_CLASSES=4, but dataset pred_shapes has 6"):
+    with pytest.raises(
+        InputError, match=r"ms.pth.*has 6 classes but MODEL.ROI_HEADS.NUM_CLASSES=4"
+    ):
         run_predict(setup_dir, tmp_path, "MODEL.ROI_HEADS.NUM_CLASSES", "4")
     with pytest.raises(InputError, match="MODEL.NO_SUCH_KEY"):
         run_predict(setup_dir, tmp_path, "MODEL.NO_SUCH_KEY", "1")

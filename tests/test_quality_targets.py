@@ -256,3 +256,83 @@ def test_bad_option_values_are_refused():
         tiny_heads(TARGET="dice")
     with pytest.raises(ValueError, match="NEGATIVE_ROIS_PER_IMAGE"):
         tiny_heads(NEGATIVE_ROIS_PER_IMAGE=-1)
+
+
+def test_the_negatives_pass_leaves_batchnorm_statistics_alone():
+    """With BatchNorm in the box and mask heads, a training step with background RoIs must
+    update their running statistics exactly as the same step without them: the extra pass over
+    those RoIs (the box head for their class, the mask head for their mask) must not count
+    background-only batches. Its BN layers are in training mode again afterwards."""
+    from conftest import make_batch, tiny_cfg
+    from detectron2.modeling import build_model
+
+    def step(negatives):
+        cfg = tiny_cfg("MaskScoringROIHeads", mask_format="bitmask")
+        cfg.MODEL.ROI_BOX_HEAD.NUM_CONV = 1
+        cfg.MODEL.ROI_BOX_HEAD.CONV_DIM = 8
+        cfg.MODEL.ROI_BOX_HEAD.NORM = "BN"
+        cfg.MODEL.ROI_MASK_HEAD.NORM = "BN"
+        cfg.MODEL.ROI_MASKIOU_HEAD.NEGATIVE_ROIS_PER_IMAGE = negatives
+        torch.manual_seed(0)
+        model = build_model(cfg)
+        model.train()
+        with EventStorage() as storage:
+            model(make_batch("bitmask"))
+            logged = storage.latest()
+        bns = [m for m in model.roi_heads.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+        assert len(bns) == 5 and all(m.training for m in bns)  # 1 box conv + 4 mask convs
+        stats = {k: v.clone() for k, v in model.roi_heads.named_buffers() if "running" in k}
+        return stats, logged
+
+    without, _ = step(0)
+    with_negatives, logged = step(3)
+    assert logged["maskiou/num_neg"][0] == 6
+    assert without.keys() == with_negatives.keys() and len(without) == 10
+    changed = [k for k in without if not torch.equal(without[k], with_negatives[k])]
+    assert not changed, changed
+
+
+def test_the_logged_metrics_count_the_rois_the_loss_counts(monkeypatch):
+    """The loss counts RoIs whose mask overlaps the GT (mask IoU > 0); with a boundary-aware
+    target some of them have target 0 (no boundary overlap): num_pos, mean_target, mean_pred
+    and abs_error must be over the same RoIs as the loss."""
+    from conftest import make_batch, tiny_cfg
+    from detectron2.modeling import build_model
+
+    import ms_rcnn.modeling.mask_scoring as ms
+
+    cfg = tiny_cfg("MaskScoringROIHeads", mask_format="bitmask")
+    cfg.MODEL.ROI_MASKIOU_HEAD.TARGET = "min"
+    torch.manual_seed(0)
+    model = build_model(cfg)
+    model.train()
+    known = {}
+
+    def mask_iou(logits, *args, **kwargs):  # RoI i: 0 (no overlap) if i % 3 == 0, else 0.6
+        i = torch.arange(len(logits))
+        known["mask_iou"] = torch.where(i % 3 == 0, 0.0, 0.6)
+        return known["mask_iou"]
+
+    def boundary_iou(pred, *args):  # boundaries overlap (0.9) only where i % 3 == 1
+        known["boundary"] = torch.where(torch.arange(len(pred)) % 3 == 1, 0.9, 0.0)
+        return known["boundary"]
+
+    monkeypatch.setattr(ms, "mask_iou_targets", mask_iou)
+    monkeypatch.setattr(ms, "boundary_iou_targets", boundary_iou)
+    # Every IoU prediction 0.25 (still connected to the head, so the loss has a graph).
+    model.roi_heads.maskiou_head.register_forward_hook(lambda m, i, out: out * 0 + 0.25)
+    with EventStorage() as storage:
+        losses = model(make_batch("bitmask", num_instances=(3, 3)))
+        logged = {k: v[0] for k, v in storage.latest().items()}
+    target = np.minimum(known["mask_iou"].numpy(), known["boundary"].numpy())
+    counted = known["mask_iou"].numpy() > 0
+    assert counted.sum() > (target > 0).sum() > 0  # the two definitions differ here
+    assert float(losses["loss_maskiou"]) == pytest.approx(
+        0.5 * np.mean((0.25 - target[counted]) ** 2), rel=1e-5
+    )
+    assert logged["maskiou/num_pos"] == counted.sum()
+    assert logged["maskiou/mean_target"] == pytest.approx(target[counted].mean(), rel=1e-5)
+    assert logged["maskiou/mean_pred"] == pytest.approx(0.25)
+    assert logged["maskiou/abs_error"] == pytest.approx(
+        np.abs(0.25 - target[counted]).mean(), rel=1e-5
+    )

@@ -163,6 +163,31 @@ def test_atomic_save_keeps_the_usual_file_mode(tmp_path):
     assert mode("m.pth") == mode("plain.pth") == 0o644
 
 
+@pytest.mark.parametrize("proc", [True, False], ids=["proc_status", "no_proc"])
+def test_atomic_save_never_changes_the_process_umask(tmp_path, monkeypatch, proc):
+    """Setting the umask to 0 to read it, even for a moment, lets another thread create a
+    world-writable file; the save must apply the umask without ever setting it."""
+    import ms_rcnn.checkpoint as checkpoint
+
+    old = os.umask(0o027)
+    try:
+        if not proc:  # e.g. macOS: no /proc/self/status to read the umask from
+            monkeypatch.setattr(checkpoint, "_PROC_STATUS", str(tmp_path / "absent"))
+            monkeypatch.setattr(checkpoint, "_UMASK_AT_IMPORT", 0o027)
+        calls = []
+        real_umask = os.umask
+        monkeypatch.setattr(os, "umask", lambda mask: calls.append(mask) or real_umask(mask))
+        atomic_torch_save({"x": 1}, str(tmp_path / "m.pth"))
+        with open(tmp_path / "plain", "w"):
+            pass
+        monkeypatch.undo()
+    finally:
+        os.umask(old)
+    assert calls == []
+    mode = lambda name: stat.S_IMODE((tmp_path / name).stat().st_mode)  # noqa: E731
+    assert mode("m.pth") == mode("plain") == 0o640
+
+
 def test_truncated_checkpoint_is_named(tmp_path):
     path = tmp_path / "model_0000009.pth"
     atomic_torch_save({"model": torch.nn.Linear(2, 2).state_dict()}, str(path))

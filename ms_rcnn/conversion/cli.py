@@ -12,8 +12,9 @@ import torch
 from ..checkpoint import atomic_torch_save
 from ..env import add_version_argument
 from ..model_zoo import ConfigNotFoundError, get_config_file
+from ..weights_config import weights_config
 from . import SOURCES, ConversionError, convert_state_dict, unwrap_checkpoint
-from .verify import build_model_from_config, check_fits, check_loads_exactly
+from .verify import check_fits, check_loads_exactly, config_from_file
 
 __all__ = ["main", "load_peer_file"]
 
@@ -85,17 +86,28 @@ def convert_file(args) -> None:
     state, meta = unwrap_checkpoint(load_peer_file(args.input, args.unsafe_load), args.input)
     converted = convert_state_dict(state, args.source, meta)
     print(converted.report())
-    model = None
+    model = cfg = None
+    try:
+        cfg = config_from_file(_find_config(converted.config_file), converted.config_overrides())
+    except ConversionError:
+        if not args.no_verify:
+            raise
+        print(
+            f"Note: {converted.config_file} not found: the checkpoint will not record the config "
+            "keys its weights need (pixel mean, anchors, RoIAlign), so loading cannot check them"
+        )
     if not args.no_verify:
-        config = _find_config(converted.config_file)
-        model = build_model_from_config(config, converted.config_overrides())
+        from detectron2.modeling import build_model
+
+        model = build_model(cfg)
         check_fits(converted.model, model, f"converted {args.input}")
+    record = None if cfg is None else weights_config(cfg, converted.config_file)
     folder = os.path.dirname(os.path.abspath(args.output))
     os.makedirs(folder, exist_ok=True)
-    atomic_torch_save(converted.checkpoint(args.input), args.output)
+    atomic_torch_save(converted.checkpoint(args.input, record), args.output)
     if model is not None:
         try:
-            check_loads_exactly(args.output, model)
+            check_loads_exactly(args.output, model, cfg)
         except Exception:
             os.remove(args.output)
             raise

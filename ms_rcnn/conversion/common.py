@@ -78,13 +78,18 @@ class Converted:
             [] if self.num_classes == 80 else ["MODEL.ROI_HEADS.NUM_CLASSES", str(self.num_classes)]
         )
 
-    def checkpoint(self, input_path: str = "") -> dict:
-        """What to torch.save: Detectron2 loads "model" as is, with no name heuristics."""
-        return {
+    def checkpoint(self, input_path: str = "", weights_config: Optional[dict] = None) -> dict:
+        """What to torch.save: Detectron2 loads "model" as is, with no name heuristics;
+        `weights_config` (from `ms_rcnn.weights_config.weights_config` on `config_file`)
+        records the config keys the weights need, checked when they are loaded."""
+        data = {
             "model": self.model,
             "__author__": f"ms-rcnn convert_checkpoint.py --source {self.source} {input_path}",
             "matching_heuristics": False,
         }
+        if weights_config is not None:
+            data["weights_config"] = weights_config
+        return data
 
     def report(self) -> str:
         lines = [

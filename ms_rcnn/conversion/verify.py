@@ -7,13 +7,12 @@ import torch
 
 from .common import ConversionError
 
-__all__ = ["build_model_from_config", "check_fits", "check_loads_exactly"]
+__all__ = ["config_from_file", "build_model_from_config", "check_fits", "check_loads_exactly"]
 
 
-def build_model_from_config(config_file: str, opts: Optional[List[str]] = None):
-    """The ms-rcnn model of `config_file` (+ `opts`), on the CPU, randomly initialized."""
+def config_from_file(config_file: str, opts: Optional[List[str]] = None):
+    """The ms-rcnn config of `config_file` (+ `opts`), on the CPU, without weights."""
     from detectron2.config import get_cfg
-    from detectron2.modeling import build_model
 
     from ..config import add_ms_rcnn_config
 
@@ -23,7 +22,14 @@ def build_model_from_config(config_file: str, opts: Optional[List[str]] = None):
     add_ms_rcnn_config(cfg)
     cfg.merge_from_file(config_file)
     cfg.merge_from_list(list(opts or []) + ["MODEL.DEVICE", "cpu", "MODEL.WEIGHTS", ""])
-    return build_model(cfg)
+    return cfg
+
+
+def build_model_from_config(config_file: str, opts: Optional[List[str]] = None):
+    """The ms-rcnn model of `config_file` (+ `opts`), on the CPU, randomly initialized."""
+    from detectron2.modeling import build_model
+
+    return build_model(config_from_file(config_file, opts))
 
 
 def check_fits(state: Dict[str, torch.Tensor], model, what: str = "converted checkpoint") -> None:
@@ -48,12 +54,13 @@ def check_fits(state: Dict[str, torch.Tensor], model, what: str = "converted che
         raise ConversionError(f"{what} does not fit the model: " + "; ".join(problems))
 
 
-def check_loads_exactly(path: str, model) -> None:
-    """Load `path` as training and evaluation do (MSRCNNCheckpointer, strict), then check that
-    every model tensor equals the file's: no loader step changed or skipped any of them."""
+def check_loads_exactly(path: str, model, cfg=None) -> None:
+    """Load `path` as training and evaluation do (MSRCNNCheckpointer, strict; with `cfg`, the
+    config keys it records checked against it too), then check that every model tensor equals
+    the file's: no loader step changed or skipped any of them."""
     from ..checkpoint import MSRCNNCheckpointer
 
-    MSRCNNCheckpointer(model, strict=True).load(path)
+    MSRCNNCheckpointer(model, strict=True, config=cfg).load(path)
     saved = torch.load(path, map_location="cpu", weights_only=True)["model"]
     changed = [k for k, v in model.state_dict().items() if not torch.equal(v, saved[k])]
     if changed:

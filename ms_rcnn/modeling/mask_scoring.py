@@ -40,12 +40,16 @@ from .mask_branch import MaskScoringInputs, with_cropped_masks
 from .maskiou_head import (
     build_maskiou_head,
     check_head_shapes,
+    log_maskiou_metrics,
     mask_iou_inference,
     mask_iou_loss,
-    select_class_column,
 )
 from .maskiou_targets import gt_mask_crops, mask_iou_targets
-from .negative_rois import predicted_foreground_classes, sample_negative_proposals
+from .negative_rois import (
+    batchnorm_statistics_kept,
+    predicted_foreground_classes,
+    sample_negative_proposals,
+)
 from .quality_targets import QUALITY_TARGETS, boundary_iou_targets, combine_quality
 
 __all__ = ["MaskScoringMixin"]
@@ -302,9 +306,12 @@ class MaskScoringMixin:
         # The mask of the ground-truth class (channel 0 if masks are class-agnostic); the IoU
         # column is the ground-truth class either way, as at inference (predicted class).
         pred_maskiou = self._predict_maskiou_for_training(roi_features, mask_logits, gt_classes)
-        self._log_maskiou_metrics(pred_maskiou.detach(), gt_classes, targets)
-        # The paper's rule: positives count only where the mask overlaps its GT at all.
-        terms = (pred_maskiou, gt_classes, targets, mask_iou > 0)
+        # The paper's rule: positives count only where the mask overlaps its GT at all (mask
+        # IoU > 0, whatever the target: a boundary-aware one may be 0 there). The logged
+        # metrics describe these same RoIs.
+        counted = mask_iou > 0
+        log_maskiou_metrics(pred_maskiou.detach(), gt_classes, targets, counted)
+        terms = (pred_maskiou, gt_classes, targets, counted)
         if negatives is not None:
             terms = [
                 torch.cat(pair) for pair in zip(terms, self._negative_terms(features, negatives))
@@ -343,7 +350,10 @@ class MaskScoringMixin:
         boxes = [x.proposal_boxes for x in negatives]
         classes = predicted_foreground_classes(self, features, boxes)
         roi_features = self.mask_pooler([features[f] for f in self.mask_in_features], boxes)
-        with torch.set_grad_enabled(not self.detach_mask):
+        with (
+            torch.set_grad_enabled(not self.detach_mask),
+            batchnorm_statistics_kept(self.mask_head),
+        ):
             mask_logits = self.mask_head.layers(roi_features)
         targets = self._negative_targets(mask_logits, negatives, classes)
         pred = self._predict_maskiou_for_training(roi_features, mask_logits, classes)
@@ -369,17 +379,6 @@ class MaskScoringMixin:
                 targets[start:end] = torch.where(same, quality, torch.zeros_like(quality))
             start = end
         return targets
-
-    @staticmethod
-    def _log_maskiou_metrics(pred_maskiou, gt_classes, targets):
-        storage = get_event_storage()
-        positive = targets > 0
-        storage.put_scalar("maskiou/num_pos", float(positive.sum()))
-        if bool(positive.any()):
-            pred = select_class_column(pred_maskiou[positive], gt_classes[positive])
-            storage.put_scalar("maskiou/mean_target", float(targets[positive].mean()))
-            storage.put_scalar("maskiou/mean_pred", float(pred.mean()))
-            storage.put_scalar("maskiou/abs_error", float((pred - targets[positive]).abs().mean()))
 
 
 def _class_masks(mask_logits: torch.Tensor, classes: torch.Tensor) -> torch.Tensor:

@@ -22,6 +22,7 @@ __all__ = [
     "build_maskiou_head",
     "mask_iou_loss",
     "mask_iou_inference",
+    "log_maskiou_metrics",
 ]
 
 ROI_MASKIOU_HEAD_REGISTRY = Registry("ROI_MASKIOU_HEAD")
@@ -257,6 +258,22 @@ def mask_iou_loss(
         return pred_maskiou.sum() * 0.0
     pred = select_class_column(pred_maskiou[positive], gt_classes[positive])
     return 0.5 * F.mse_loss(pred, targets[positive].to(pred.dtype), reduction="mean")
+
+
+def log_maskiou_metrics(
+    pred_maskiou: torch.Tensor, gt_classes: torch.Tensor, targets: torch.Tensor, counted
+) -> None:
+    """Log maskiou/num_pos, mean_target, mean_pred and abs_error over the `counted` RoIs: the
+    ones `mask_iou_loss` counts, so the metrics describe what the loss trains on."""
+    from detectron2.utils.events import get_event_storage
+
+    storage = get_event_storage()
+    storage.put_scalar("maskiou/num_pos", float(counted.sum()))
+    if bool(counted.any()):
+        pred = select_class_column(pred_maskiou[counted], gt_classes[counted])
+        storage.put_scalar("maskiou/mean_target", float(targets[counted].mean()))
+        storage.put_scalar("maskiou/mean_pred", float(pred.mean()))
+        storage.put_scalar("maskiou/abs_error", float((pred - targets[counted]).abs().mean()))
 
 
 def mask_iou_inference(

@@ -7,13 +7,41 @@ module picks those RoIs and the class each is scored as; `MaskScoringMixin` comp
 targets and loss.
 """
 
+import contextlib
 from typing import Dict, List
 
 import torch
 from detectron2.structures import Boxes, Instances
 from torch import nn
 
-__all__ = ["sample_negative_proposals", "predicted_foreground_classes"]
+__all__ = ["sample_negative_proposals", "predicted_foreground_classes", "batchnorm_statistics_kept"]
+
+
+@contextlib.contextmanager
+def batchnorm_statistics_kept(*modules: nn.Module):
+    """Run the BatchNorm layers of `modules` in eval mode for the block, then restore them.
+
+    The passes over background RoIs are extra batches of background only: in training mode a
+    BatchNorm (BN, SyncBN, Detectron2's NaiveSyncBN) would normalize them by their own
+    statistics and fold those into its running ones, and a synchronized one would add a
+    collective call that ranks without negatives do not make. In eval mode it normalizes by the
+    running statistics, updates nothing and synchronizes nothing; gradients still reach its
+    affine parameters. Layers without running statistics (GroupNorm, FrozenBatchNorm) are
+    untouched.
+    """
+    switched = [
+        m
+        for module in modules
+        for m in module.modules()
+        if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.training
+    ]
+    for m in switched:
+        m.train(False)
+    try:
+        yield
+    finally:
+        for m in switched:
+            m.train(True)
 
 
 def sample_negative_proposals(
@@ -44,11 +72,13 @@ def predicted_foreground_classes(
 
     That is the class such a RoI would be reported as at test time, so its mask and IoU column
     are the ones to train. The box head runs again on these few RoIs, without gradient (for a
-    cascade, its last stage, the one whose boxes the mask branch sees at test time).
+    cascade, its last stage, the one whose boxes the mask branch sees at test time), its
+    BatchNorm layers in eval mode (`batchnorm_statistics_kept`).
     """
     box_head, predictor = heads.box_head, heads.box_predictor
     if isinstance(predictor, nn.ModuleList):
         box_head, predictor = box_head[-1], predictor[-1]
     pooled = heads.box_pooler([features[f] for f in heads.box_in_features], boxes)
-    scores = predictor(box_head(pooled))[0]
+    with batchnorm_statistics_kept(box_head, predictor):
+        scores = predictor(box_head(pooled))[0]
     return scores[:, :-1].argmax(dim=1)

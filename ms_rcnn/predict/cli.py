@@ -4,7 +4,6 @@ results."""
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
 import sys
@@ -15,21 +14,22 @@ from ..env import add_version_argument
 from .pipeline import (
     BatchPredictor,
     InputError,
-    coco_results,
+    check_class_count,
+    check_images,
     collect_images,
     dataset_image_ids,
     load_model,
     output_paths,
     predict_config,
     prediction_metadata,
+    read_weights,
     register_for_prediction,
 )
+from .results import PredictionsWriter, coco_results
 
 __all__ = ["build_parser", "main", "run"]
 
 logger = logging.getLogger(__name__)
-
-PREDICTIONS_FILE = "predictions.json"
 
 EXAMPLES = """examples:
   %(prog)s --config-file output/ms/config.yaml --input photos/ --output drawn/ \\
@@ -91,54 +91,84 @@ def _read_rgb(path: str):
 
 
 def run(args) -> int:
-    """Predict, draw and save; returns the exit status (1 when no input could be read)."""
-    from tqdm import tqdm
-
-    from .visualize import RankedVisualizer, rank_detections
-
+    """Predict, draw and save; returns the exit status: 0 when done, 1 when no input could be
+    read or a failure stopped the run midway, 130 when Ctrl-C did. Everything about the inputs,
+    config, weights and classes is checked before the model is built; what a run finished is
+    kept however it ends (see `_predict_all`)."""
     if args.batch_size < 1:
         raise InputError(f"--batch-size {args.batch_size}: must be at least 1")
     if not 0.0 <= args.confidence_threshold <= 1.0:
         raise InputError(f"--confidence-threshold {args.confidence_threshold}: must be in [0, 1]")
     images = collect_images(args.input)
-    outputs = output_paths(images, args.output)
+    images, outputs, skipped = check_images(images, output_paths(images, args.output))
     registered = register_for_prediction(args.register_coco)
     cfg = predict_config(args.config_file, args.opts or [], args.confidence_threshold)
-    meta, _ = prediction_metadata(cfg, registered)
+    contents = read_weights(cfg)
+    meta, dataset = prediction_metadata(cfg, registered)
+    check_class_count(cfg, contents, meta, dataset)
+    if not images:
+        print(f"No readable image: skipped {', '.join(skipped)}", file=sys.stderr)
+        return 1
     ids = dataset_image_ids(meta, images) or {p: i for i, p in enumerate(images, 1)}
-    predictor = BatchPredictor(cfg, load_model(cfg))
+    predictor = BatchPredictor(cfg, load_model(cfg, contents))
+    os.makedirs(args.output, exist_ok=True)
+    return _predict_all(args, predictor, images, outputs, ids, meta, skipped)
+
+
+def _predict_all(args, predictor, images, outputs, ids, meta, skipped) -> int:
+    """The loop over images. Each finished image (drawing saved, records appended to the
+    partial file) stays finished: predictions.json is written however the loop ends, and the
+    summary says how many images were done."""
+    from tqdm import tqdm
+
+    from .visualize import RankedVisualizer, rank_detections
+
     class_names = meta.get("thing_classes")
     dataset_ids = meta.get("thing_dataset_id_to_contiguous_id")
-
-    os.makedirs(args.output, exist_ok=True)
-    records, skipped, done = [], [], 0
-    with tqdm(total=len(images), unit="img", disable=len(images) < 2, file=sys.stderr) as progress:
-        for start in range(0, len(images), args.batch_size):
-            batch = []
-            for k in range(start, min(start + args.batch_size, len(images))):
-                try:
-                    batch.append((k, _read_rgb(images[k])))
-                except (OSError, ValueError, SyntaxError) as e:  # what Pillow raises on bad data
-                    logger.warning(f"Skipping {images[k]}: not a readable image ({e})")
-                    skipped.append(images[k])
-                    progress.update(1)
-            if not batch:
-                continue
-            for (k, rgb), instances in zip(batch, predictor([rgb for _, rgb in batch])):
-                ranked = rank_detections(instances, args.confidence_threshold)
-                drawn = RankedVisualizer(rgb, meta).draw_ranked_instances(ranked, class_names)
-                _save_image(drawn.get_image(), outputs[k])
-                records += coco_results(ranked, ids[images[k]], images[k], dataset_ids)
-                done += 1
-                progress.update(1)
-
-    path = os.path.join(args.output, PREDICTIONS_FILE)
-    with open(path, "w") as f:
-        json.dump(records, f)
-    print(f"Drew {done} image(s) into {args.output}; {len(records)} detection(s) in {path}")
+    writer = PredictionsWriter(args.output)
+    done, current, status, stopped = 0, None, 0, None
+    try:
+        with tqdm(total=len(images), unit="img", disable=len(images) < 2, file=sys.stderr) as bar:
+            for start in range(0, len(images), args.batch_size):
+                batch = []
+                for k in range(start, min(start + args.batch_size, len(images))):
+                    try:
+                        batch.append((k, _read_rgb(images[k])))
+                    except Exception as e:  # unreadable after all (check_images passed it)
+                        logger.warning(f"Skipping {images[k]}: not a readable image ({e})")
+                        skipped.append(images[k])
+                        bar.update(1)
+                if not batch:
+                    continue
+                current = ", ".join(images[k] for k, _ in batch)
+                for (k, rgb), instances in zip(batch, predictor([rgb for _, rgb in batch])):
+                    current = images[k]
+                    ranked = rank_detections(instances, args.confidence_threshold)
+                    records = coco_results(ranked, ids[images[k]], images[k], dataset_ids)
+                    drawn = RankedVisualizer(rgb, meta).draw_ranked_instances(ranked, class_names)
+                    _save_image(drawn.get_image(), outputs[k])
+                    writer.add(records)
+                    done += 1
+                    bar.update(1)
+    except KeyboardInterrupt:
+        status, stopped = 130, "interrupted (Ctrl-C)"
+    except Exception as e:
+        logger.exception(f"Prediction failed on {current}")
+        status, stopped = 1, f"failed on {current}: {type(e).__name__}: {e}"
+    finally:
+        path = writer.finalize()
+    kept = f"{len(writer.records)} detection(s) in {path}"
+    if stopped:
+        print(
+            f"predict.py: stopped after {done} of {len(images)} image(s), {stopped}. The "
+            f"{done} finished image(s) are drawn in {args.output}, with their {kept}.",
+            file=sys.stderr,
+        )
+    else:
+        print(f"Drew {done} image(s) into {args.output}; {kept}")
     if skipped:
         print(f"Skipped {len(skipped)} unreadable image(s): {', '.join(skipped)}")
-    return 0 if done else 1
+    return status if stopped else (0 if done else 1)
 
 
 def _save_image(rgb, path: str) -> None:
@@ -169,3 +199,6 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except InputError as e:
         print(f"predict.py: error: {e}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # before any image was predicted (a later one is handled in run)
+        print("predict.py: interrupted (Ctrl-C) before any image was predicted", file=sys.stderr)
+        return 130

@@ -18,14 +18,14 @@ import torch
 from detectron2.config import get_cfg
 from detectron2.data import MetadataCatalog
 from detectron2.data import transforms as T
-from detectron2.evaluation.coco_evaluation import instances_to_coco_json
 from detectron2.modeling import build_model
 
-from ..checkpoint import MSRCNNCheckpointer
+from ..checkpoint import MSRCNNCheckpointer, checkpoint_num_classes, read_checkpoint
 from ..config import add_ms_rcnn_config, check_pointrend_config
-from ..data.user_datasets import check_num_classes, register_coco_datasets
-from ..evaluation.coco_evaluation import add_score_fields
+from ..data.user_datasets import register_coco_datasets
 from ..model_zoo import ConfigNotFoundError, merge_config_file, resolve_config_file
+from ..modeling.roi_heads import uses_mask_scoring
+from .results import coco_results
 
 __all__ = [
     "IMAGE_EXTENSIONS",
@@ -33,10 +33,13 @@ __all__ = [
     "BatchPredictor",
     "collect_images",
     "output_paths",
+    "check_images",
     "register_for_prediction",
     "predict_config",
+    "read_weights",
     "load_model",
     "prediction_metadata",
+    "check_class_count",
     "dataset_image_ids",
     "coco_results",
 ]
@@ -118,13 +121,51 @@ def output_paths(images: Sequence[str], output_dir: str) -> list[str]:
     return outputs
 
 
-def predict_config(config_file: str, opts: Sequence[str], confidence_threshold: float):
-    """The config for prediction: CPU unless MODEL.DEVICE says otherwise, and the class-score
-    threshold set to `confidence_threshold`, as Detectron2's demo does.
+def check_images(images: Sequence[str], outputs: Sequence[str]):
+    """The inputs Pillow can open and whose drawing it can save under the same file name, each
+    other one named in a warning; checked before the model is built, so that a file that is no
+    image (even one named explicitly), a corrupt or truncated one, a decompression bomb or an
+    extension Pillow cannot write fails no later step.
 
-    Raising SCORE_THRESH_TEST to the threshold never drops a detection the ranking keeps: the
-    ranking score is the class score, or the class score times a predicted IoU in [0, 1]; and
-    a box scoring below the threshold cannot suppress one scoring above it, in hard or Soft-NMS.
+    Returns:
+        (images, outputs, skipped): the kept inputs with their output paths, and the others.
+    """
+    from PIL import Image
+
+    saved_as = Image.registered_extensions()  # extension -> format; calls Pillow's init()
+    kept, kept_outputs, skipped = [], [], []
+    for path, out in zip(images, outputs):
+        extension = os.path.splitext(out)[1].lower()
+        try:
+            with Image.open(path) as image:
+                image.verify()  # reads the file through without decoding: catches truncation
+        except Exception as e:  # Pillow raises many kinds (OSError, SyntaxError, bomb errors)
+            reason = f"not an image Pillow can read ({type(e).__name__}: {e})"
+        else:
+            if saved_as.get(extension) not in Image.SAVE:
+                reason = (
+                    f"Pillow cannot write its drawing as {extension or 'a file without extension'}"
+                    " (rename it to .png or .jpg)"
+                )
+            else:
+                kept.append(path)
+                kept_outputs.append(out)
+                continue
+        logger.warning(f"Skipping {path}: {reason}")
+        skipped.append(path)
+    return kept, kept_outputs, skipped
+
+
+def predict_config(config_file: str, opts: Sequence[str], confidence_threshold: float):
+    """The config for prediction: CPU unless MODEL.DEVICE says otherwise, and the box head's
+    class-score cut (SCORE_THRESH_TEST) at `confidence_threshold` where that is exact.
+
+    Detectron2's demo sets the cut to its threshold. That drops no detection the ranking keeps
+    when the ranking score is at most the class score: the class score itself (Mask R-CNN), or
+    the class score times a predicted IoU clamped to [0, 1] (CLAMP_PREDICTION True); a box
+    scoring below the threshold cannot suppress one scoring above it, in hard or Soft-NMS.
+    With an unclamped IoU (both converted-weights configs) a class score of 0.45 can rank at
+    0.54; there the config's own cut stays (lowered to the threshold if that is lower).
     """
     try:  # a path, or a name in ms-rcnn's model zoo
         config_file, config_source = resolve_config_file(config_file)
@@ -138,6 +179,11 @@ def predict_config(config_file: str, opts: Sequence[str], confidence_threshold: 
         merge_config_file(cfg, config_file)  # with PointRend's keys when the file needs them
         cfg.merge_from_list(list(opts))
         check_pointrend_config(cfg)
+    except ImportError as e:  # a package the config needs (PointRend, ...) is not installed
+        package = f" ({e.name})" if e.name else ""
+        raise InputError(
+            f"config {config_file} needs a package that cannot be imported{package}: {e}"
+        ) from e
     except (KeyError, ValueError, AssertionError) as e:  # yacs' errors for unknown keys/values
         raise InputError(f"config {config_file} with overrides {list(opts)}: {e}") from e
     if cfg.MODEL.DEVICE.startswith("cuda") and not torch.cuda.is_available():
@@ -147,32 +193,61 @@ def predict_config(config_file: str, opts: Sequence[str], confidence_threshold: 
         )
     if cfg.INPUT.FORMAT not in ("BGR", "RGB"):
         raise InputError(f"INPUT.FORMAT={cfg.INPUT.FORMAT}: predict reads images as RGB or BGR")
-    cfg.MODEL.ROI_HEADS.SCORE_THRESH_TEST = confidence_threshold
+    heads = cfg.MODEL.ROI_HEADS
+    if uses_mask_scoring(cfg) and not cfg.MODEL.ROI_MASKIOU_HEAD.CLAMP_PREDICTION:
+        if confidence_threshold > heads.SCORE_THRESH_TEST:
+            logger.info(
+                "MODEL.ROI_MASKIOU_HEAD.CLAMP_PREDICTION is False: a predicted IoU above 1 ranks "
+                "a detection above its class score, so the box head keeps its own class cut "
+                f"({heads.SCORE_THRESH_TEST}) and --confidence-threshold applies to mask_scores"
+            )
+        heads.SCORE_THRESH_TEST = min(heads.SCORE_THRESH_TEST, confidence_threshold)
+    else:
+        heads.SCORE_THRESH_TEST = confidence_threshold
     cfg.freeze()
     return cfg
 
 
-def load_model(cfg):
-    """Build the model and load MODEL.WEIGHTS strictly, as --eval-only does: every layer must
-    be in the file with the model's shape (a predictor with re-initialized layers would draw
-    random boxes)."""
+def read_weights(cfg) -> dict:
+    """MODEL.WEIGHTS, read once before the model is built (`read_checkpoint`): its class count
+    decides which class names may label it (`check_class_count`); `load_model` loads it."""
     weights = cfg.MODEL.WEIGHTS
     if not weights:
         raise InputError("no weights: set MODEL.WEIGHTS path/to/model_final.pth")
     if "://" not in weights and not os.path.isfile(weights):
         raise InputError(f"MODEL.WEIGHTS {weights}: no such file")
-    model = build_model(cfg)
-    model.eval()
     try:
-        MSRCNNCheckpointer(model, strict=True).load(weights, checkpointables=[])
+        return read_checkpoint(weights)
+    except (ValueError, RuntimeError, OSError) as e:
+        raise InputError(str(e)) from e
+
+
+def load_model(cfg, contents: Optional[dict] = None):
+    """Build the model and load MODEL.WEIGHTS (or its `contents`, from `read_weights`)
+    strictly, as --eval-only does: every layer must be in the file with the model's shape (a
+    predictor with re-initialized layers would draw random boxes), and the config keys the
+    weights record must be the config's (see `ms_rcnn.weights_config`)."""
+    if contents is None:
+        contents = read_weights(cfg)
+    try:
+        model = build_model(cfg)
+    except KeyError as e:  # Detectron2's registries: a NAME no module registered
+        if "registry" not in str(e):
+            raise
+        raise InputError(f"config: {e.args[0] if e.args else e}") from e
+    model.eval()
+    checkpointer = MSRCNNCheckpointer(model, strict=True, config=cfg)
+    try:
+        checkpointer.load(cfg.MODEL.WEIGHTS, checkpointables=[], contents=contents)
     except (ValueError, RuntimeError) as e:
         raise InputError(str(e)) from e
     return model
 
 
 def prediction_metadata(cfg, registered: Sequence[str]):
-    """The metadata giving class names and dataset ids: a --register-coco dataset (the config's
-    test dataset if it is one of them, else the first), else DATASETS.TEST[0]."""
+    """The metadata giving class names and dataset ids, and its dataset name: a --register-coco
+    dataset (the config's test dataset if it is one of them, else the first), else
+    DATASETS.TEST[0]; (empty metadata, None) without either."""
     test = list(cfg.DATASETS.TEST)
     if registered:
         name = test[0] if test and test[0] in registered else registered[0]
@@ -188,11 +263,29 @@ def prediction_metadata(cfg, registered: Sequence[str]):
             "(register it with --register-coco NAME JSON IMAGE_ROOT)"
         )
         return meta, name
-    try:
-        check_num_classes(cfg, [name])
-    except ValueError as e:
-        raise InputError(str(e)) from e
     return meta, name
+
+
+def check_class_count(cfg, contents: dict, meta, dataset: Optional[str]) -> None:
+    """The weights fix the class count: a dataset with another count must not name the
+    classes (with more classes its names would run out, with fewer they would be another
+    dataset's). Refused before any image is read, naming both counts and the ways out."""
+    classes = meta.get("thing_classes") if dataset else None
+    if not classes:
+        return  # shown by index
+    num = checkpoint_num_classes(contents.get("model", {})) or cfg.MODEL.ROI_HEADS.NUM_CLASSES
+    if num == len(classes):
+        return
+    config = cfg.MODEL.ROI_HEADS.NUM_CLASSES
+    set_config = "" if config == num else f" (and set MODEL.ROI_HEADS.NUM_CLASSES {num})"
+    raise InputError(
+        f"MODEL.WEIGHTS {cfg.MODEL.WEIGHTS} has {num} classes, but dataset {dataset}, whose "
+        f"names would label them, has {len(classes)}: the weights fix the class count, and "
+        f"another dataset's names would mislabel it. Either name a dataset with these {num} "
+        "classes: --register-coco NAME JSON IMAGE_ROOT with DATASETS.TEST \"('NAME',)\""
+        f"{set_config}; "
+        f'or show the classes by index: DATASETS.TEST "()" (and no --register-coco).'
+    )
 
 
 def dataset_image_ids(meta, images: Sequence[str]) -> Optional[dict[str, int]]:
@@ -214,20 +307,6 @@ def dataset_image_ids(meta, images: Sequence[str]) -> Optional[dict[str, int]]:
     if not all(p in by_path for p in real):
         return None
     return {path: by_path[p] for path, p in zip(images, real)}
-
-
-def coco_results(instances, image_id: int, file_name: str, dataset_ids=None) -> list[dict]:
-    """COCO results records of one image's ranked detections, in their order: Detectron2's
-    `instances_to_coco_json` (bbox XYWH, RLE segmentation, class score) plus `file_name`,
-    `mask_score` and `pred_maskiou`, with the dataset's category ids when known."""
-    records = instances_to_coco_json(instances.to("cpu"), image_id)
-    add_score_fields(records, instances)
-    reverse = {v: k for k, v in dataset_ids.items()} if dataset_ids else None
-    for record in records:
-        record["file_name"] = file_name
-        if reverse is not None:
-            record["category_id"] = reverse[record["category_id"]]
-    return records
 
 
 class BatchPredictor:

@@ -2,7 +2,8 @@
 
 Detectron2's DefaultPredictor loads MODEL.WEIGHTS like fine-tuning does: a layer missing from the
 file or of another shape is skipped with a warning and predicts from random weights. A predictor
-has no use for that, so this one refuses such a file, naming the layers.
+has no use for that, so this one refuses such a file, naming the layers, and one made for
+other values of the config keys its weights need (`ms_rcnn.weights_config`).
 """
 
 from detectron2.engine import DefaultPredictor
@@ -26,4 +27,4 @@ class MSRCNNPredictor(DefaultPredictor):
         no_weights.MODEL.WEIGHTS = ""
         super().__init__(no_weights)
         self.cfg = cfg.clone()
-        MSRCNNCheckpointer(self.model, strict=True).load(cfg.MODEL.WEIGHTS)
+        MSRCNNCheckpointer(self.model, strict=True, config=cfg).load(cfg.MODEL.WEIGHTS)
