@@ -8,19 +8,33 @@ at a small size, so AP is about zero: the tests check that ids, files and number
 the commands, not that the model is good.
 """
 
+import copy
 import json
+import logging
 import math
 import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
+import torch
 from real_data import (
     COCO_IMAGES,
     COCO_TRAIN_JSON,
     COCO_VAL_JSON,
+    CROWD_AND_OBJECTS,
+    CROWD_TOO,
+    VAL_WITH_CROWD,
+    VAL_WITHOUT_46,
+    annotations_of,
     load_json,
+    register,
     requires_coco_tiny,
+    subset,
+    tiny_real_cfg,
+    training_losses,
+    write_json,
 )
 
 pytestmark = requires_coco_tiny
@@ -221,3 +235,133 @@ def test_ablate_with_gt_json_agrees_with_the_evaluator(demo_run, predicted, tmp_
             for metric in ("AP", "AP50", "AP75"):
                 got, want = ablated[task]["mask_scores"][metric], evaluated[task][metric]
                 assert want is not None and got == pytest.approx(want, abs=0.05), (label, task)
+
+
+# Crowd regions: Detectron2's rule in training, COCO's in evaluation.
+
+
+@pytest.mark.parametrize("mask_format", ["polygon", "bitmask"])
+def test_crowd_regions_never_become_training_instances(tmp_path, mask_format, caplog):
+    """An image with objects and a crowd region, and one with only a crowd region (its objects
+    removed from the JSON): the crowd region is loaded (evaluation needs it) but never becomes a
+    ground-truth instance; the crowd-only image leaves training, or trains as background."""
+    from detectron2.data import DatasetCatalog, DatasetMapper, get_detection_dataset_dicts
+
+    raw = load_json(COCO_TRAIN_JSON)
+    data = subset(raw, [CROWD_AND_OBJECTS, CROWD_TOO])
+    data["annotations"] = [
+        a for a in data["annotations"] if a["image_id"] == CROWD_AND_OBJECTS or a["iscrowd"]
+    ]
+    name = register(write_json(tmp_path / "crowd.json", data))
+    dicts = {d["image_id"]: d for d in DatasetCatalog.get(name)}
+    assert [a["iscrowd"] for a in dicts[CROWD_TOO]["annotations"]] == [1]
+
+    cfg = tiny_real_cfg(mask_format)
+    mapper = DatasetMapper(cfg, is_train=True)
+    mixed, crowd_only = (mapper(copy.deepcopy(dicts[i])) for i in (CROWD_AND_OBJECTS, CROWD_TOO))
+    objects = [a for a in annotations_of(raw, CROWD_AND_OBJECTS) if not a["iscrowd"]]
+    (crowd,) = [a for a in annotations_of(raw, CROWD_AND_OBJECTS) if a["iscrowd"]]
+    instances = mixed["instances"]
+    assert 0 < len(instances) <= len(objects) and len(crowd_only["instances"]) == 0
+    scale = instances.image_size[1] / dicts[CROWD_AND_OBJECTS]["width"]
+    x, y, w, h = crowd["bbox"]
+    crowd_box = torch.tensor([x, y, x + w, y + h]) * scale
+    distance = (instances.gt_boxes.tensor - crowd_box).abs().max(dim=1).values
+    assert distance.min() > 2, "the crowd region's box is among the ground truth"
+    ids = sorted(c["id"] for c in raw["categories"])
+    assert set(instances.gt_classes.tolist()) <= {ids.index(a["category_id"]) for a in objects}
+
+    # Training: the crowd-only image alone has no foreground (no box, mask or MaskIoU loss);
+    # with the other image, every loss is finite.
+    alone = training_losses(cfg, [crowd_only])
+    assert alone["loss_box_reg"] == alone["loss_mask"] == alone["loss_maskiou"] == 0
+    assert all(math.isfinite(v) for v in training_losses(cfg, [crowd_only, mixed]).values())
+
+    # Detectron2 drops the crowd-only image from training by default (FILTER_EMPTY_ANNOTATIONS).
+    with caplog.at_level(logging.INFO, logger="detectron2"):
+        kept = get_detection_dataset_dicts([name], filter_empty=True)
+    assert [d["image_id"] for d in kept] == [CROWD_AND_OBJECTS]
+    assert "Removed 1 images with no usable annotations" in caplog.text
+    assert len(get_detection_dataset_dicts([name], filter_empty=False)) == 2
+
+
+def perfect_outputs(data, extra=None):
+    """Model outputs equal to the non-crowd ground truth of `data` (descending scores), plus
+    `extra` {image_id: [annotation]} detections, scored above all the others."""
+    from detectron2.structures import Boxes, BoxMode, Instances
+    from pycocotools import mask as mask_util
+
+    ids = sorted(c["id"] for c in data["categories"])
+    inputs, outputs, score = [], [], 0.9
+    for im in data["images"]:
+        h, w = im["height"], im["width"]
+        anns = [a for a in annotations_of(data, im["id"]) if not a["iscrowd"]]
+        scores = [score - 1e-4 * k for k in range(len(anns))]
+        anns = anns + (extra or {}).get(im["id"], [])
+        scores = scores + [0.99] * (len(anns) - len(scores))
+        masks = []
+        for a in anns:
+            segm = a["segmentation"]
+            rle = mask_util.merge(mask_util.frPyObjects(segm, h, w)) if isinstance(
+                segm, list) else mask_util.frPyObjects(segm, h, w)  # fmt: skip
+            masks.append(mask_util.decode(rle).astype(bool))
+        inst = Instances((h, w))
+        boxes = [BoxMode.convert(a["bbox"], BoxMode.XYWH_ABS, BoxMode.XYXY_ABS) for a in anns]
+        inst.pred_boxes = Boxes(torch.tensor(boxes, dtype=torch.float32).reshape(-1, 4))
+        inst.scores = torch.tensor(scores)
+        inst.pred_classes = torch.tensor([ids.index(a["category_id"]) for a in anns])
+        inst.pred_masks = torch.from_numpy(np.stack(masks)) if masks else torch.zeros(0, h, w)
+        inst.mask_scores = inst.scores.clone()
+        inst.pred_maskiou = torch.ones(len(anns))
+        inputs.append({"image_id": im["id"], "height": h, "width": w})
+        outputs.append({"instances": inst})
+    return inputs, outputs
+
+
+def evaluate(name, data, extra=None):
+    """(the evaluator's results, segm AP of the same detections by ablate's pycocotools)."""
+    from detectron2.evaluation.coco_evaluation import instances_to_coco_json
+
+    from ms_rcnn.analysis.ablation import evaluate_with_score_field, load_coco_gt
+    from ms_rcnn.evaluation import MaskScoringCOCOEvaluator
+    from ms_rcnn.evaluation.coco_evaluation import add_score_fields
+
+    inputs, outputs = perfect_outputs(data, extra)
+    evaluator = MaskScoringCOCOEvaluator(name, distributed=False, output_dir=None)
+    evaluator.reset()
+    evaluator.process(inputs, outputs)
+    results = evaluator.evaluate()
+    ids = sorted(c["id"] for c in data["categories"])
+    records = []
+    for inp, out in zip(inputs, outputs):
+        dets = instances_to_coco_json(out["instances"], inp["image_id"])
+        add_score_fields(dets, out["instances"])
+        records += [{**d, "category_id": ids[d["category_id"]]} for d in dets]
+    ablated = evaluate_with_score_field(records, load_coco_gt(str(COCO_VAL_JSON)), "mask_scores")
+    return results, ablated
+
+
+def test_crowd_regions_are_ignored_by_evaluation():
+    """A detection exactly on the val crowd region (wine glasses) is neither a true nor a false
+    positive: box, mask and Boundary AP of perfect detections stay as they are, in the
+    evaluator (faster-coco-eval or pycocotools) and in ablate (pycocotools). The same detection
+    on an image without wine glasses is a false positive and lowers them."""
+    val = load_json(COCO_VAL_JSON)
+    name = register(COCO_VAL_JSON)
+    (crowd,) = [a for a in annotations_of(val, VAL_WITH_CROWD) if a["iscrowd"]]
+    assert crowd["category_id"] == 46
+    assert 46 not in {a["category_id"] for a in annotations_of(val, VAL_WITHOUT_46)}
+    base, base_ablated = evaluate(name, val)
+    on_crowd, on_crowd_ablated = evaluate(name, val, {VAL_WITH_CROWD: [crowd]})
+    elsewhere, elsewhere_ablated = evaluate(name, val, {VAL_WITHOUT_46: [crowd]})
+    for task in ("bbox", "segm", "boundary"):
+        assert base[task]["AP"] > 90, (task, base[task]["AP"])
+        for metric in ("AP", "AP50", "AP75", "AP-wine glass"):
+            assert on_crowd[task][metric] == pytest.approx(base[task][metric]), (task, metric)
+        assert elsewhere[task]["AP-wine glass"] < base[task]["AP-wine glass"] - 1, task
+    assert on_crowd_ablated == pytest.approx(base_ablated)
+    assert base_ablated["AP"] == pytest.approx(base["segm"]["AP"], abs=0.05)
+    assert elsewhere_ablated["AP"] < base_ablated["AP"]
+    # Calibration compares with non-crowd ground truth only: the detection on the crowd region
+    # matches nothing.
+    assert on_crowd["calibration"]["num_matched"] == base["calibration"]["num_matched"]
