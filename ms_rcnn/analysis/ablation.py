@@ -39,9 +39,14 @@ PREDICTION_FILES = ("coco_instances_results.json", "instances_predictions.pth")
 
 
 def load_coco_gt(json_file: str) -> COCO:
-    """A pycocotools COCO for the ground-truth file, without its progress prints."""
+    """A pycocotools COCO for the ground-truth file, without its progress prints, and without
+    the annotations no mask can be made of (as the evaluator and training drop them)."""
+    from ..data.coco_checks import drop_unusable_polygons_from_coco
+
     with contextlib.redirect_stdout(io.StringIO()):
-        return COCO(json_file)
+        coco = COCO(json_file)
+    drop_unusable_polygons_from_coco(coco, json_file)
+    return coco
 
 
 def load_predictions(

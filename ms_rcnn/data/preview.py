@@ -20,6 +20,8 @@ def _decode(segm, h, w):
         return _polys_to_mask(segm, h, w)
     from pycocotools import mask as mask_util
 
+    if isinstance(segm.get("counts"), list):  # uncompressed RLE, as COCO's crowd regions
+        segm = mask_util.frPyObjects(segm, h, w)
     return mask_util.decode(segm).astype(bool)
 
 
@@ -54,6 +56,8 @@ def render_preview(
     Returns:
         `out_file`.
     """
+    from detectron2.data.detection_utils import read_image
+
     with open(json_file) as f:
         data = json.load(f)
     names = {c["id"]: c["name"] for c in data["categories"]}
@@ -63,7 +67,14 @@ def render_preview(
     cells = []
     for info in data["images"][:num_images]:
         h, w = info["height"], info["width"]
-        img = np.asarray(Image.open(os.path.join(image_root, info["file_name"])).convert("RGB"))
+        path = os.path.join(image_root, info["file_name"])
+        # Upright (EXIF orientation applied) and RGB, as Detectron2's mappers read it.
+        img = read_image(path, format="RGB")
+        if img.shape[:2] != (h, w):
+            raise ValueError(
+                f"{path} is {img.shape[1]}x{img.shape[0]} (upright), but {json_file} says "
+                f"{w}x{h} (width x height)"
+            )
         overlay = img.astype(np.float32)
         anns = by_image.get(info["id"], [])
         colours = _palette(len(anns))

@@ -23,6 +23,7 @@ import os
 from detectron2.evaluation import COCOEvaluator
 from detectron2.utils.logger import create_small_table
 
+from ..data.coco_checks import drop_unusable_polygons_from_coco
 from .boundary import BOUNDARY_TASK, boundary_eval_available, evaluate_boundary, ranked_detections
 from .calibration import (
     CALIBRATION_PNG,
@@ -132,6 +133,11 @@ class MaskScoringCOCOEvaluator(COCOEvaluator):
         )
         if self._faster_coco_eval:
             self._use_fast_impl = True
+        # The ground truth without the annotations no mask can be made of, as training loads it
+        # (pycocotools fails on a polygon of fewer than 3 points).
+        drop_unusable_polygons_from_coco(
+            self._coco_api, self._metadata.get("json_file", None) or dataset_name
+        )
         self._segm_score_key = JSON_SCORE_KEYS[segm_score_field]
         self._calibration = calibration
         self._boundary = boundary
