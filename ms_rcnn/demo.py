@@ -44,9 +44,12 @@ ARMS = {
     "kudzu_mask_rcnn": "kudzu/mask_rcnn_R_18_kudzu.yaml",
     "kudzu_ms_rcnn": "kudzu/ms_rcnn_R_18_kudzu.yaml",
 }
-# Where the kudzu photographs are when --kudzu-root is not given: the workplace's shared data
-# beside the repository (the project does not redistribute them; docs/REAL_DATA.md).
-DEFAULT_KUDZU_ROOT = os.environ.get("MS_RCNN_KUDZU", os.path.join("..", "shared", "data", "kudzu"))
+# Where the kudzu photographs are when --kudzu-root is not given: $MS_RCNN_REAL_DATA/kudzu, or
+# the workplace's shared data beside the repository (the project does not redistribute them;
+# docs/REAL_DATA.md).
+DEFAULT_KUDZU_ROOT = os.path.join(
+    os.environ.get("MS_RCNN_REAL_DATA") or os.path.join("..", "shared", "data"), "kudzu"
+)
 CALIBRATION_PLOT = "maskiou_calibration.png"
 ETA_LINE = re.compile(r"eta: (\S+)\s+iter: (\d+)\s+total_loss: ([\d.]+)")
 SPEED_LINE = re.compile(r"Overall training speed: (\d+) iterations in (\S+) \(([\d.]+) s / it\)")
@@ -74,7 +77,7 @@ def parse_args(argv=None):
         "--kudzu-root",
         default=DEFAULT_KUDZU_ROOT,
         help="the kudzu set (annotations/{train,val}.json, images/) for the kudzu_* arms "
-        "(default: $MS_RCNN_KUDZU or %(default)s)",
+        "(default: %(default)s, from $MS_RCNN_REAL_DATA when set)",
     )
     parser.add_argument("opts", nargs=argparse.REMAINDER, help="extra KEY VALUE config overrides")
     return parser.parse_args(argv)
