@@ -222,7 +222,7 @@ def dataset_flags(arm, args):
         if not os.path.isfile(json_file):
             raise SystemExit(
                 f"{arm}: no kudzu annotations at {json_file}; pass --kudzu-root (the folder "
-                "with annotations/ and images/) or set MS_RCNN_KUDZU"
+                "with annotations/ and images/) or set MS_RCNN_REAL_DATA"
             )
         flags += [
             "--register-coco",
