@@ -10,6 +10,7 @@ __all__ = [
     "add_project_config",
     "check_pointrend_config",
     "import_point_rend",
+    "uses_mask_scoring",
     "uses_pointrend",
 ]
 
@@ -126,6 +127,21 @@ def _add_evaluation_config(cfg):
     }
     for key, value in defaults.items():
         _set_default(node, key, value)
+
+
+def uses_mask_scoring(cfg) -> bool:
+    """Whether the config's ROI heads score masks, read from Detectron2's registry without
+    building anything: the class has `MaskScoringMixin`'s hook `mask_scoring_inputs` (looked up
+    by name: config sits below the model code). False for a name not (yet) registered."""
+    from detectron2.modeling import ROI_HEADS_REGISTRY
+
+    if not cfg.MODEL.MASK_ON:
+        return False
+    try:
+        heads = ROI_HEADS_REGISTRY.get(cfg.MODEL.ROI_HEADS.NAME)
+    except KeyError:
+        return False
+    return isinstance(heads, type) and callable(getattr(heads, "mask_scoring_inputs", None))
 
 
 def uses_pointrend(config_file: str) -> bool:

@@ -23,6 +23,8 @@ import logging
 import math
 from typing import Optional
 
+from .config import uses_mask_scoring
+
 __all__ = ["RECORD_KEY", "CHECKED_KEYS", "CHECK_MODES", "weights_config", "check_weights_config"]
 
 logger = logging.getLogger(__name__)
@@ -65,21 +67,6 @@ def _plain(value):
     return value
 
 
-def _scores_masks(cfg) -> bool:
-    """Whether the config's ROI heads score masks, read from Detectron2's registry without
-    building anything: the class has `MaskScoringMixin`'s hook `mask_scoring_inputs` (looked up
-    by name: this module sits below the model code). False for a name not (yet) registered."""
-    from detectron2.modeling import ROI_HEADS_REGISTRY
-
-    if not cfg.MODEL.MASK_ON:
-        return False
-    try:
-        heads = ROI_HEADS_REGISTRY.get(cfg.MODEL.ROI_HEADS.NAME)
-    except KeyError:
-        return False
-    return callable(getattr(heads, "mask_scoring_inputs", None))
-
-
 def weights_config(cfg, config_file: str) -> dict:
     """The record to store in a checkpoint whose weights were made under `cfg`.
 
@@ -88,7 +75,7 @@ def weights_config(cfg, config_file: str) -> dict:
         config_file: the config to name when they are loaded under other values (a training
             run's OUTPUT_DIR/config.yaml, a converter's config).
     """
-    keys = CHECKED_KEYS + (MASK_SCORING_KEYS if _scores_masks(cfg) else ())
+    keys = CHECKED_KEYS + (MASK_SCORING_KEYS if uses_mask_scoring(cfg) else ())
     values = {key: _get(cfg, key) for key in keys}
     return {"config_file": config_file, "keys": {k: v for k, v in values.items() if v is not None}}
 

@@ -11,7 +11,7 @@ from detectron2.modeling import ROI_HEADS_REGISTRY, StandardROIHeads
 from .box_predictor import SoftNMSFastRCNNOutputLayers
 from .mask_scoring import MaskScoringMixin
 
-__all__ = ["SoftNMSROIHeads", "MaskScoringROIHeads", "uses_mask_scoring"]
+__all__ = ["SoftNMSROIHeads", "MaskScoringROIHeads"]
 
 
 @ROI_HEADS_REGISTRY.register()
@@ -40,15 +40,3 @@ class SoftNMSROIHeads(StandardROIHeads):
 class MaskScoringROIHeads(MaskScoringMixin, SoftNMSROIHeads):
     """StandardROIHeads (with the Soft-NMS switch) whose detections also get `pred_maskiou` and
     `mask_scores`: training adds `loss_maskiou`. See `MaskScoringMixin` for the arguments."""
-
-
-def uses_mask_scoring(cfg) -> bool:
-    """Whether the config's ROI heads score masks (a `MaskScoringMixin` class), read from the
-    registry without building anything; False for a name not (yet) registered."""
-    if not cfg.MODEL.MASK_ON:
-        return False
-    try:
-        heads = ROI_HEADS_REGISTRY.get(cfg.MODEL.ROI_HEADS.NAME)
-    except KeyError:
-        return False
-    return isinstance(heads, type) and issubclass(heads, MaskScoringMixin)

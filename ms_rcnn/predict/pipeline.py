@@ -21,10 +21,9 @@ from detectron2.data import transforms as T
 from detectron2.modeling import build_model
 
 from ..checkpoint import MSRCNNCheckpointer, checkpoint_num_classes, read_checkpoint
-from ..config import add_ms_rcnn_config, check_pointrend_config
+from ..config import add_ms_rcnn_config, check_pointrend_config, uses_mask_scoring
 from ..data.user_datasets import register_coco_datasets
 from ..model_zoo import ConfigNotFoundError, merge_config_file, resolve_config_file
-from ..modeling.roi_heads import uses_mask_scoring
 from .results import coco_results
 
 __all__ = [
