@@ -177,9 +177,17 @@ def run_smoke_test(root, env=None):
     return step, detail.strip(), proc.stderr
 
 
-def failing_line(error):
-    """(file, line number, source) of the innermost frame of a Python traceback, or None."""
+def failing_line(error, module=None):
+    """(file, line number, source) of the innermost frame of a Python traceback, or None; with
+    `module`, of the innermost `import`/`from` line that names it (import hooks add frames)."""
     frames = list(TRACEBACK_FRAME.finditer(error))
+    if module:
+        imports = [
+            f
+            for f in frames
+            if re.match(rf"(import|from)\s+{re.escape(module)}\b", (f["code"] or "").strip())
+        ]
+        frames = imports or frames
     if not frames:
         return None
     last = frames[-1]
@@ -189,7 +197,7 @@ def failing_line(error):
 def pkg_resources_advice(error):
     """Detectron2 (main as of 02b5c4e2, or an unpatched v0.6) imports pkg_resources in its
     model_zoo; setuptools >= 81 no longer ships it. Name the line, give both fixes."""
-    where = failing_line(error)
+    where = failing_line(error, module="pkg_resources")
     if where:
         file, line, code = where
         at = f"{file}, line {line}" + (f" (`{code}`)" if code else "")

@@ -34,9 +34,9 @@ from .calibration import (
     summarize_calibration,
 )
 from .cocoeval_backend import (
+    choose_coco_backend,
     compiled_coco_eval_available,
     fast_coco_eval_backend,
-    faster_coco_eval_available,
 )
 
 __all__ = ["MaskScoringCOCOEvaluator", "build_ms_rcnn_evaluator", "compiled_coco_eval_available"]
@@ -104,21 +104,11 @@ class MaskScoringCOCOEvaluator(COCOEvaluator):
                 f"segm_score_field must be one of {sorted(JSON_SCORE_KEYS)}, "
                 f"got {segm_score_field!r}"
             )
-        self._faster_coco_eval = False
-        if use_fast_impl and not compiled_coco_eval_available():
-            if faster_coco_eval_available():
-                logger.info(
-                    "Detectron2 has no compiled ops: evaluating with faster-coco-eval (the same "
-                    "numbers as pycocotools' COCOeval)."
-                )
-                self._faster_coco_eval = True
-            else:
-                logger.info(
-                    "Detectron2 has no compiled ops: evaluating with pycocotools' official "
-                    "COCOeval (use_fast_impl=False); the numbers are the official ones, only "
-                    "slower (`pip install faster-coco-eval` for a faster one)."
-                )
-                use_fast_impl = False
+        backend, why = choose_coco_backend(use_fast_impl)
+        logger.info(f"COCO evaluation backend: {backend} ({why}).")
+        self._coco_backend = backend
+        self._faster_coco_eval = backend == "faster-coco-eval"
+        use_fast_impl = backend != "pycocotools"
         # With faster-coco-eval chosen here, the parent must not decide: Detectron2 main turns
         # use_fast_impl off (and logs a fallback) when its compiled COCOeval is missing. Both
         # versions read `_use_fast_impl` only when evaluating, inside fast_coco_eval_backend.
