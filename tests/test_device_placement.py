@@ -59,8 +59,8 @@ class DefaultDeviceFactories(TorchFunctionMode):
         return func(*args, **kwargs)
 
 
-def ms_rcnn_model(mask_format, **maskiou):
-    cfg = tiny_cfg("MaskScoringROIHeads", mask_format=mask_format)
+def ms_rcnn_model(mask_format, device, **maskiou):
+    cfg = tiny_cfg("MaskScoringROIHeads", mask_format=mask_format, device=device)
     for key, value in maskiou.items():
         cfg.MODEL.ROI_MASKIOU_HEAD[key] = value
     cfg.TEST.SOFT_NMS.ENABLED = True
@@ -68,6 +68,7 @@ def ms_rcnn_model(mask_format, **maskiou):
     return build_model(cfg)
 
 
+@pytest.mark.device
 @pytest.mark.parametrize(
     "mask_format, options",
     [
@@ -77,8 +78,8 @@ def ms_rcnn_model(mask_format, **maskiou):
         ("bitmask", {"NEGATIVE_ROIS_PER_IMAGE": 8, "TARGET": "boundary_iou"}),
     ],
 )
-def test_no_tensor_of_the_maskiou_path_is_made_on_the_default_device(mask_format, options):
-    model = ms_rcnn_model(mask_format, **options)
+def test_no_tensor_of_the_maskiou_path_is_made_on_the_default_device(mask_format, options, device):
+    model = ms_rcnn_model(mask_format, device, **options)
     batch = make_batch(mask_format, num_instances=(3, 2))
     recorder = DefaultDeviceFactories()
     model.train()
