@@ -47,10 +47,10 @@ MATCHED_MIN = 0.98  # share of the CPU's confident detections the GPU must match
 CUDA_OPS_CHECK = """
 import json, torch
 from detectron2.structures import RotatedBoxes, pairwise_iou_rotated
-from ms_rcnn.env import detectron2_build
+from ms_rcnn.env import detectron2_build, detectron2_line
 build = detectron2_build()
 boxes = torch.tensor([[0.0, 0.0, 2.0, 2.0, 0.0], [1.0, 0.0, 2.0, 2.0, 30.0]])
-out = {"cuda_ops": build["cuda_ops"], "line": __import__("ms_rcnn.env").env.detectron2_line()}
+out = {"cuda_ops": build["cuda_ops"], "line": detectron2_line(build)}
 try:
     cpu = pairwise_iou_rotated(RotatedBoxes(boxes), RotatedBoxes(boxes))
     dev = pairwise_iou_rotated(RotatedBoxes(boxes.to(DEVICE)), RotatedBoxes(boxes.to(DEVICE)))

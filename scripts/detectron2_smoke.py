@@ -145,7 +145,12 @@ import importlib.metadata, importlib.util, json, os, re
 spec = importlib.util.find_spec("detectron2")
 pkg = list(spec.submodule_search_locations or [""])[0] if spec else ""
 stand_in = os.path.join(pkg, "_C.py")
-ours = os.path.isfile(os.path.join(pkg, "_ms_rcnn_build.py")) or (
+marker = os.path.join(pkg, "_ms_rcnn_build.py")
+build = {}
+if os.path.isfile(marker):  # a dict literal: read without importing Detectron2
+    import ast
+    build = ast.literal_eval(open(marker).read().split("BUILD = ", 1)[1])
+ours = bool(build) or (
     os.path.isfile(stand_in)
     and re.search(r"^PURE_PYTHON_STANDIN = True", open(stand_in).read(), re.M) is not None)
 dists = []
@@ -155,7 +160,8 @@ for name in ['detectron2', 'pb1-detectron2']:
         dists.append(name)
     except importlib.metadata.PackageNotFoundError:
         pass
-print(json.dumps({"present": spec is not None, "path": pkg, "ours": bool(ours), "dists": dists}))
+print(json.dumps({"present": spec is not None, "path": pkg, "ours": bool(ours), "dists": dists,
+                  "build": build}))
 """
 
 TRACEBACK_FRAME = re.compile(

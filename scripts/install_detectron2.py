@@ -55,6 +55,7 @@ if str(pathlib.Path(__file__).resolve().parent) not in sys.path:
 from detectron2_patches import (  # noqa: E402
     FALLBACK_FINGERPRINT,
     SDIST_SHA256,
+    checkout_fingerprint,
     patch_checkout,
     patch_source,
     write_build_marker,
@@ -129,6 +130,18 @@ def stale_fallback():
         )
         return True
     return False
+
+
+def warn_if_stale_build():
+    """A checkout build this script made with other fixes than today's: say how to rebuild it
+    (its source may be gone, e.g. a clone's temporary folder, so it is not rebuilt here)."""
+    build = probe(INSTALLED_PROBE)["build"]
+    if build and build.get("fingerprint") != checkout_fingerprint():
+        log(
+            f"warning: the installed Detectron2 was built from {build.get('source')} by an older "
+            "version of this script (other fixes); rebuild it: make setup DETECTRON2_SRC=<that "
+            "source> (or --source PATH --force)"
+        )
 
 
 def may_replace_installed(force):
@@ -365,6 +378,8 @@ def main(argv=None):
         compiled = compiler
     elif args.force or stale_fallback() or not working_detectron2():
         compiled = build_default(args)
+    else:
+        warn_if_stale_build()
     working_detectron2(just_installed=True)
     if compiled is not None:
         check_ops(compiled)

@@ -109,10 +109,16 @@ def test_no_compiler_and_no_source_skips_the_clone(installer, monkeypatch, capsy
     assert line.startswith("[install_detectron2] no C++ compiler") and "stand-in" in line
 
 
-def test_a_working_detectron2_is_kept_without_source(installer, monkeypatch):
+def test_a_working_detectron2_is_kept_without_source(installer, monkeypatch, capsys):
     monkeypatch.setattr(installer, "working_detectron2", lambda just_installed=False: True)
+    build = {"fingerprint": installer.checkout_fingerprint(), "source": "/src/d2.tar.gz"}
+    monkeypatch.setattr(installer, "probe", lambda code: {"build": build})
     installer.main([])
-    assert installer.calls == ["deps"]
+    assert installer.calls == ["deps"] and logged(capsys) == []
+    build["fingerprint"] = "older"  # built by an older installer: kept, with how to rebuild
+    installer.main([])
+    (line,) = logged(capsys)
+    assert "older version" in line and "/src/d2.tar.gz" in line and "DETECTRON2_SRC" in line
 
 
 # may_replace_installed, on fake site directories (the real probe runs in a child interpreter).

@@ -5,9 +5,10 @@
 - segm AP ranks detections by `mask_scores` (= scores * pred_maskiou) while bbox AP keeps
   `scores`, as the official code does; a model without `mask_scores` (plain
   Mask R-CNN) is evaluated exactly like the stock evaluator;
-- when Detectron2 was built without compiled ops, it evaluates with faster-coco-eval if that is
-  installed, else with pycocotools' COCOeval, instead of failing on `COCOeval_opt` (same
-  numbers either way; see `cocoeval_backend.py`);
+- it picks the COCOeval itself and logs which and why: Detectron2's compiled `COCOeval_opt`
+  when the build has compiled ops, else faster-coco-eval if installed, else pycocotools'
+  COCOeval, instead of failing on `COCOeval_opt` (same numbers either way; see
+  `cocoeval_backend.py`);
 - it adds a `boundary` task, Boundary AP ranked like segm (see `boundary.py`), when `segm` is
   evaluated and faster-coco-eval is installed;
 - it adds a mask-quality calibration report (see `calibration.py`) under

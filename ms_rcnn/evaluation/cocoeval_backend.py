@@ -1,8 +1,9 @@
 """Which COCOeval runs: Detectron2's compiled one, faster-coco-eval's, or pycocotools'.
 
 Detectron2's `COCOEvaluator(use_fast_impl=True)` uses `COCOeval_opt`, which needs Detectron2's
-compiled ops; the pure-Python build ms-rcnn installs has none, so the stock evaluator would fall
-back to pycocotools' pure-Python `COCOeval` (3-6x slower, see docs/BENCHMARKS.md). When the
+compiled ops; a build with them (`make setup DETECTRON2_SRC=...`) uses it. The pure-Python
+stand-in build has none, so the stock evaluator would fall back to pycocotools' pure-Python
+`COCOeval` (3-6x slower, see docs/BENCHMARKS.md). `choose_coco_backend` says which and why. When the
 `faster-coco-eval` package (C++ wheels on PyPI, `pip install faster-coco-eval`) is installed,
 `MaskScoringCOCOEvaluator` uses it instead, on Detectron2 v0.6 and main alike (main's
 `COCOEvaluator` would turn `use_fast_impl` off when `COCOeval_opt` fails to import; the
