@@ -8,25 +8,39 @@ PY := $(VENV)/bin/python
 PIP := $(PY) -m pip --disable-pip-version-check
 STAMPS := $(VENV)/.stamps
 PYTEST_ARGS ?=
-DETECTRON2_TESTS ?=
 UPSTREAM_EXPECTED ?= tests/upstream/expected_failures_v0.6.txt
 DEMO_ITERS ?=
 DEMO_SEEDS ?= 1
-# make test-main: a Detectron2 checkout (e.g. upstream main) and the venv it goes into.
+# Which Detectron2 `make setup` builds (scripts/install_detectron2.py; build matrix in
+# docs/DETECTRON2_VERSIONS.md). DETECTRON2_SRC: a checkout or source tarball to compile, e.g.
+# ../shared/detectron2/detectron2-main.tar.gz; without it, the pinned upstream commit of
+# DETECTRON2_REF (main or v0.6) is cloned where git reaches github.com, else PyPI's v0.6 is
+# built with the pure-Python stand-in for the compiled ops. DETECTRON2_OPS=no: the stand-in
+# even where a compiler is there. DETECTRON2_EDITABLE=1: an editable install (pip install -e).
 DETECTRON2_SRC ?=
+DETECTRON2_REF ?= main
+DETECTRON2_OPS ?= auto
+DETECTRON2_EDITABLE ?=
+D2_ARGS = --ref $(DETECTRON2_REF) $(if $(filter no,$(DETECTRON2_OPS)),--no-ops) \
+	$(if $(DETECTRON2_EDITABLE),--editable) $(if $(DETECTRON2_SRC),--source $(DETECTRON2_SRC))
+# make test-main: the suite on the Detectron2 of DETECTRON2_SRC, in its own venv.
 VENV_MAIN ?= .venv-main
+# make test-upstream: Detectron2's own tests/, from a checkout, its tests/ or a source tarball.
+DETECTRON2_TESTS ?= $(DETECTRON2_SRC)
 
 .PHONY: setup test test-main test-upstream lint format demo demo-kudzu clean-venv help FORCE
 
 help:
 	@echo "make setup   create $(VENV) with torch, Detectron2 and ms-rcnn (idempotent)"
+	@echo "             [DETECTRON2_SRC=checkout-or-tarball] [DETECTRON2_REF=main|v0.6]"
+	@echo "             [DETECTRON2_OPS=auto|no] [DETECTRON2_EDITABLE=1]"
 	@echo "make test    setup, lint, then the test suite"
 	@echo "make test-main DETECTRON2_SRC=path [VENV_MAIN=.venv-main]"
 	@echo "             the suite and a train/kill/resume/eval cycle on that Detectron2 checkout"
 	@echo "make demo    setup, then train and compare Mask R-CNN vs MS R-CNN on generated data"
 	@echo "make demo-kudzu [KUDZU_ROOT=path]  the same on the kudzu photographs"
 	@echo "make lint    ruff check + ruff format --check"
-	@echo "make test-upstream DETECTRON2_TESTS=path/to/detectron2/tests"
+	@echo "make test-upstream DETECTRON2_TESTS=path/to/detectron2[/tests] or source tarball"
 	@echo "             Detectron2's own tests against the installed one, vs $(UPSTREAM_EXPECTED)"
 	@echo "make format  apply ruff's fixes and formatting"
 
@@ -40,29 +54,36 @@ $(STAMPS)/torch: constraints.txt $(STAMPS)/venv
 	$(PIP) install -c constraints.txt torch torchvision setuptools
 	@touch $@
 
-$(STAMPS)/detectron2: scripts/install_detectron2.py scripts/detectron2_patches.py constraints.txt $(STAMPS)/torch
-	$(PY) scripts/install_detectron2.py
+$(STAMPS)/detectron2: scripts/install_detectron2.py scripts/detectron2_patches.py \
+		scripts/detectron2_sources.py scripts/detectron2_smoke.py constraints.txt \
+		$(STAMPS)/torch $(STAMPS)/detectron2-options
+	$(PY) scripts/install_detectron2.py $(D2_ARGS)
 	@touch $@
 
 $(STAMPS)/package: setup.py pyproject.toml constraints.txt $(STAMPS)/detectron2
 	$(PIP) install -c constraints.txt -e '.[dev]'
 	@touch $@
 
-# With DETECTRON2_SRC set (make test-main does it), Detectron2 comes from that checkout, built
-# without compiled ops; the stamp follows the checkout's files, so a new commit reinstalls it.
-# The plain detectron2 step after it then finds a working Detectron2 and keeps it.
-ifneq ($(DETECTRON2_SRC),)
-$(STAMPS)/detectron2: $(STAMPS)/detectron2-source
+# Stamps whose content changes only when the options (or the source's files) do, so that a
+# changed option rebuilds Detectron2 and an unchanged one does not.
+$(STAMPS)/detectron2-options: FORCE
+	@case "$(DETECTRON2_OPS)" in auto|no) ;; *) echo "DETECTRON2_OPS=$(DETECTRON2_OPS): use auto or no"; exit 2;; esac
+	@mkdir -p $(STAMPS)
+	@echo "$(DETECTRON2_REF) $(DETECTRON2_OPS) $(DETECTRON2_EDITABLE)" > $@.new
+	@if cmp -s $@.new $@; then rm $@.new; else mv $@.new $@; fi
 
-$(STAMPS)/detectron2-source: $(STAMPS)/detectron2-source-id $(STAMPS)/torch
-	$(PY) scripts/install_detectron2.py --source $(DETECTRON2_SRC)
-	@touch $@
+# With DETECTRON2_SRC set, the stamp follows the checkout's files (or the tarball's bytes), so a
+# new commit rebuilds. Without it, whatever Detectron2 works is kept (setting it again later
+# rebuilds only if the source changed meanwhile).
+ifneq ($(DETECTRON2_SRC),)
+$(STAMPS)/detectron2: $(STAMPS)/detectron2-source-id
 
 $(STAMPS)/detectron2-source-id: FORCE
 	@mkdir -p $(STAMPS)
-	@test -f $(DETECTRON2_SRC)/setup.py || { echo "DETECTRON2_SRC=$(DETECTRON2_SRC): no setup.py"; exit 2; }
-	@{ echo $(abspath $(DETECTRON2_SRC)); cd $(DETECTRON2_SRC) && find . -path ./.git -prune \
-		-o -type f -printf '%P %s %T@\n' | sort; } | cksum > $@.new
+	@test -e "$(DETECTRON2_SRC)" || { echo "DETECTRON2_SRC=$(DETECTRON2_SRC): no such file or folder"; exit 2; }
+	@{ echo $(abspath $(DETECTRON2_SRC)); if [ -d "$(DETECTRON2_SRC)" ]; then cd "$(DETECTRON2_SRC)" && \
+		find . -path ./.git -prune -o -type f -printf '%P %s %T@\n' | sort; \
+		else cksum < "$(DETECTRON2_SRC)"; fi; } | cksum > $@.new
 	@if cmp -s $@.new $@; then rm $@.new; else mv $@.new $@; fi
 endif
 
@@ -84,12 +105,13 @@ test: lint
 test-main:
 	@test -n "$(DETECTRON2_SRC)" || { echo "usage: make test-main DETECTRON2_SRC=path/to/detectron2 [VENV_MAIN=$(VENV_MAIN)]"; exit 2; }
 	$(MAKE) setup VENV=$(VENV_MAIN) DETECTRON2_SRC=$(abspath $(DETECTRON2_SRC))
+	$(VENV_MAIN)/bin/python -c "from ms_rcnn.env import version_text; print(version_text())"
 	$(VENV_MAIN)/bin/python -m pytest $(PYTEST_ARGS)
 	$(VENV_MAIN)/bin/python scripts/check_resume_cycle.py
 
 # Upstream's suite takes ~6 min on 2 cores; one thread per process keeps it from oversubscribing.
 test-upstream: setup
-	@test -n "$(DETECTRON2_TESTS)" || { echo "usage: make test-upstream DETECTRON2_TESTS=path/to/detectron2/tests" >&2; exit 2; }
+	@test -n "$(DETECTRON2_TESTS)" || { echo "usage: make test-upstream DETECTRON2_TESTS=path/to/detectron2/tests (or a checkout or source tarball)" >&2; exit 2; }
 	OMP_NUM_THREADS=$${OMP_NUM_THREADS:-1} $(PY) scripts/check_upstream_tests.py $(DETECTRON2_TESTS) --expected $(UPSTREAM_EXPECTED)
 
 demo: setup

@@ -15,16 +15,18 @@ from detectron2.engine import DefaultTrainer, TrainerBase, default_setup, hooks
 from detectron2.evaluation import verify_results
 from detectron2.layers import FrozenBatchNorm2d
 from detectron2.utils import comm
+from detectron2.utils.logger import setup_logger
 
 from . import data  # noqa: F401  (registers the synthetic_shapes datasets for YAML configs)
 from .checkpoint import MSRCNNCheckpointer
 from .config import add_ms_rcnn_config, check_pointrend_config
 from .data.user_datasets import check_config_datasets, register_coco_from_args
-from .env import version_text
+from .env import detectron2_line
 from .evaluation import build_ms_rcnn_evaluator, save_eval_results
 from .model_zoo import merge_config_file, resolve_config_file
 from .modeling.box_predictor import SoftNMSFastRCNNOutputLayers
 from .modeling.tta import MaskScoringRCNNWithTTA, check_tta_supported
+from .version import __version__
 
 __all__ = ["Trainer", "setup", "main", "freeze_all_but_maskiou"]
 
@@ -174,10 +176,12 @@ def setup(args):
     check_pointrend_config(cfg)
     cfg.freeze()
     default_setup(cfg, args)
-    logger = logging.getLogger("detectron2")
+    # default_setup configures Detectron2's loggers only; ms-rcnn's (the evaluator's COCO backend
+    # and why, TRAIN_ONLY_MASKIOU, ...) go to the same console and log.txt.
+    # Unlike Detectron2's, it keeps propagating: handlers set up by the caller still see it.
+    setup_logger(cfg.OUTPUT_DIR, distributed_rank=comm.get_rank(), name="ms_rcnn").propagate = True
     logger.info("Using %s", config_source)
-    for line in version_text().splitlines():
-        logger.info(line)
+    logger.info(f"ms-rcnn {__version__}; running on " + detectron2_line())
     if cfg.MODEL.DEVICE == "cpu":
         # Tiny values (denormal floats) appear in weights and gradients as training goes on;
         # CPUs process them up to 100x slower, which made CPU steps grow from 0.5 s to 5 s.

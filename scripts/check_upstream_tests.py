@@ -5,9 +5,10 @@ Usage:
     python scripts/check_upstream_tests.py path/to/detectron2/tests \\
         --expected tests/upstream/expected_failures_v0.6.txt [-- extra pytest args]
 
-The tests folder comes from an upstream checkout (`git archive v0.6 tests`). It is copied to a
-temporary directory first, so that pytest never imports the checkout's `detectron2/` sources
-instead of the installed package.
+The tests folder comes from an upstream checkout (`git archive v0.6 tests`); the checkout
+itself or a source tarball (../shared/detectron2/detectron2-main.tar.gz) will do too. It is
+copied to a temporary directory first, so that pytest never imports the checkout's
+`detectron2/` sources instead of the installed package.
 
 The expected-failures file has one entry a line:
 
@@ -32,6 +33,7 @@ import pathlib
 import shutil
 import subprocess
 import sys
+import tarfile
 import tempfile
 
 CATEGORIES = ("compiled-op", "network", "caffe2", "other")
@@ -98,14 +100,33 @@ def read_expected(path):
     return entries
 
 
+def copy_tests(tests_from, dest):
+    """Put Detectron2's tests/ folder at `dest`: from that folder, from a checkout holding it, or
+    from a source tarball (`detectron2-main/tests/...`, as `git archive` makes it)."""
+    tests_from = pathlib.Path(tests_from).resolve()
+    if tests_from.is_file() and tarfile.is_tarfile(tests_from):
+        with tarfile.open(tests_from) as tar:
+            members = [m for m in tar.getmembers() if m.name.split("/")[1:2] == ["tests"]]
+            for member in members:
+                member.name = member.name.split("/", 1)[1]
+            tar.extractall(dest.parent, members=members, filter="data")
+    else:
+        if (tests_from / "tests").is_dir() and (tests_from / "setup.py").is_file():
+            tests_from = tests_from / "tests"
+        if tests_from.is_dir():
+            shutil.copytree(tests_from, dest, ignore=shutil.ignore_patterns("__pycache__"))
+    if not dest.is_dir() or not any(dest.rglob("test_*.py")):
+        raise SystemExit(
+            f"{tests_from}: no test_*.py files; pass Detectron2's tests/ folder, a checkout or "
+            "a source tarball"
+        )
+
+
 def run_suite(tests_dir, pytest_args):
     """Copy the tests folder away from its checkout, run it, return {test id: outcome}."""
-    tests_dir = pathlib.Path(tests_dir).resolve()
-    if not any(tests_dir.rglob("test_*.py")):
-        raise SystemExit(f"{tests_dir}: no test_*.py files; pass Detectron2's tests/ folder")
     with tempfile.TemporaryDirectory(prefix="d2-upstream-") as tmp:
         tmp = pathlib.Path(tmp)
-        shutil.copytree(tests_dir, tmp / "tests", ignore=shutil.ignore_patterns("__pycache__"))
+        copy_tests(tests_dir, tmp / "tests")
         results = tmp / "results.jsonl"
         env = dict(os.environ)
         env[RESULTS_ENV] = str(results)
@@ -165,14 +186,21 @@ def markdown_table(counts):
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("tests_dir", help="Detectron2's tests/ folder (from an upstream checkout)")
+    parser.add_argument(
+        "tests_dir", help="Detectron2's tests/ folder, an upstream checkout or a source tarball"
+    )
     parser.add_argument("--expected", required=True, help="expected-failures list")
     parser.add_argument("pytest_args", nargs="*", help="after --: extra arguments for pytest")
     args = parser.parse_args(argv)
     entries = read_expected(args.expected)
-    import detectron2  # the one under test: report where it comes from
+    try:  # the Detectron2 under test: which build (ms-rcnn's answer when it is importable)
+        from ms_rcnn.env import detectron2_line
+    except ImportError:
+        import detectron2
 
-    print(f"detectron2 {detectron2.__version__} at {pathlib.Path(detectron2.__file__).parent}")
+        print(f"detectron2 {detectron2.__version__} at {pathlib.Path(detectron2.__file__).parent}")
+    else:
+        print(detectron2_line())
     counts, problems = compare(run_suite(args.tests_dir, args.pytest_args), entries)
     print("\n" + markdown_table(counts) + "\n")
     for problem in problems:

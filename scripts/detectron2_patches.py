@@ -5,13 +5,15 @@ the compiled extension, the setup.py edits that drop the extension, and COMPAT_F
 lines that fail on today's Python, NumPy, Pillow, setuptools and torch, each fixed the way
 upstream main fixed it (or, where main has not, said so). `scripts/install_detectron2.py`
 applies them: `patch_source` to the pinned v0.6 sdist, `patch_checkout` to an upstream
-checkout. The fingerprint of all of it is written into the built `_C.py`, so a fallback built
-with other patches is rebuilt.
+checkout (v0.6 or main, with its compiled ops or the stand-in). The fingerprint of all of it
+is written into the built `_C.py` (sdist) or `_ms_rcnn_build.py` (checkout), so a build made
+with other patches can be told apart and rebuilt.
 """
 
 import dataclasses
 import hashlib
 import re
+from typing import Optional
 
 # sha256 of pb1-detectron2-0.6.tar.gz: the patches below were written against these bytes.
 SDIST_SHA256 = "5d2e9e51e523ec72f6a31cca04b0a515492e9514b773a3d134cedc0677170b29"
@@ -95,9 +97,16 @@ class Fix:
     old: str
     new: str
     count: int = 1
+    # A checkout needs the fix while this text (default: `old`) is in the file. Not part of the
+    # repr, so the sdist fallback's fingerprint does not change with it.
+    needed_if: Optional[str] = dataclasses.field(default=None, repr=False, compare=False)
 
     def apply(self, src):
         replace_exactly(src / self.path, self.old, self.new, self.count)
+
+    def needed(self, src):
+        path = src / self.path
+        return path.is_file() and (self.needed_if or self.old) in path.read_text()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -122,6 +131,9 @@ class RegexFix:
                 f"expected at least {self.min_count}"
             )
 
+    def needed(self, src):
+        return any(self.pattern.search(path.read_text()) for path in src.glob(self.glob))
+
 
 # pkg_resources is gone with setuptools >= 81. Upstream main has NOT fixed this (it still
 # imports pkg_resources; open PRs only): find the configs next to the module instead. Needed by
@@ -145,7 +157,12 @@ COMPAT_FIXES = (
     RegexFix("detectron2/**/*.py", NUMPY_ALIAS, r"\1", min_count=10),
     # detectron2.export imports Caffe2 (gone from torch 2) on import, which TracingAdapter and
     # FlopCountAnalysis need. Upstream: d29378aa "deprecate some more caffe2 stuff" (optional).
-    Fix("detectron2/export/__init__.py", "from .api import *\n", EXPORT_OPTIONAL_CAFFE2),
+    Fix(
+        "detectron2/export/__init__.py",
+        "from .api import *\n",
+        EXPORT_OPTIONAL_CAFFE2,
+        needed_if="\nfrom .api import *\n",  # at the top level: main imports it in a try/else
+    ),
     *MODEL_ZOO_FIXES,
     # Python >= 3.11: random.sample no longer accepts a set, so MapDataset crashes as soon as a
     # mapper returns None (a skipped sample). Upstream: 400a49c1 "random sample from set".
@@ -167,6 +184,8 @@ COMPAT_FIXES = (
         "_TORCH_LR_SCHEDULER = getattr(\n"
         '    torch.optim.lr_scheduler, "LRScheduler", torch.optim.lr_scheduler._LRScheduler\n'
         ")\n",
+        # main keeps this import line and checks the scheduler its own way (the fix below)
+        needed_if="isinstance(self.scheduler, torch.optim.lr_scheduler._LRScheduler)",
     ),
     Fix(
         "detectron2/engine/hooks.py",
@@ -216,22 +235,48 @@ def patch_source(src):
     return ["_C stand-in", "model-zoo data", f"{len(COMPAT_FIXES)} compat fixes"]
 
 
-def patch_checkout(src):
-    """Prepare an upstream checkout (e.g. main) for a build without compiled ops.
+def checkout_fingerprint():
+    """Identifies the changes `patch_checkout` can make (recorded in the build's marker)."""
+    parts = [C_STANDIN, repr(SETUP_NO_EXTENSION), repr(COMPAT_FIXES), BUILD_MARKER]
+    return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:16]
 
-    Main already has the NumPy, Pillow, black and caffe2 fixes; what it still needs is the
-    `_C` stand-in, no extension in setup.py, and (as of 02b5c4e2) model_zoo without
-    pkg_resources. Each fix is applied only where the checkout still needs it.
+
+def patch_checkout(src, compiled=True):
+    """Prepare an upstream checkout (v0.6, main or in between) for the build.
+
+    With `compiled`, setup.py keeps its C++ extension (the real `detectron2._C`); without, the
+    `_C` stand-in replaces it. Each COMPAT_FIX is applied only where the checkout still needs
+    it: the v0.6 tag needs them all, main (02b5c4e2) only model_zoo without pkg_resources.
+    Returns what was changed, for the log.
     """
     pkg = src / "detectron2"
     if not (pkg / "__init__.py").is_file() or not (src / "setup.py").is_file():
         raise SystemExit(f"{src} is not a Detectron2 checkout (no setup.py or detectron2/)")
-    (pkg / "_C.py").write_text(C_STANDIN)
-    for old, new in SETUP_NO_EXTENSION:
-        replace_exactly(src / "setup.py", old, new)
-    fixed = ["_C stand-in", "no extension"]
-    if "import pkg_resources\n" in (pkg / "model_zoo/model_zoo.py").read_text():
-        for fix in MODEL_ZOO_FIXES:
-            fix.apply(src)
-        fixed.append("model_zoo without pkg_resources")
-    return fixed
+    changed = []
+    if not compiled:
+        (pkg / "_C.py").write_text(C_STANDIN)
+        for old, new in SETUP_NO_EXTENSION:
+            replace_exactly(src / "setup.py", old, new)
+        changed += ["_C stand-in", "no extension"]
+    # Decide first, then apply: a fix may remove the text another one's check looks for.
+    needed = [fix for fix in COMPAT_FIXES if fix.needed(src)]
+    for fix in needed:
+        fix.apply(src)
+    changed += sorted({fix.path if isinstance(fix, Fix) else fix.glob for fix in needed})
+    return changed
+
+
+# `detectron2/_ms_rcnn_build.py`, written into every checkout the installer builds: what was
+# built from what. ms_rcnn.env.detectron2_build() reads it (a tarball or a copy has no .git to
+# ask for its commit), and the installer recognizes its own builds by it.
+BUILD_MARKER = '''"""How this Detectron2 was built (by ms-rcnn's scripts/install_detectron2.py)."""
+
+BUILD = {build!r}
+'''
+
+
+def write_build_marker(src, **build):
+    build = dict(build, built_by="ms-rcnn scripts/install_detectron2.py")
+    build["fingerprint"] = checkout_fingerprint()
+    (src / "detectron2" / "_ms_rcnn_build.py").write_text(BUILD_MARKER.format(build=build))
+    return build

@@ -1,32 +1,35 @@
 #!/usr/bin/env python
-"""Install Detectron2 into the running Python environment, without a C++ build.
+"""Install Detectron2 into the running Python environment: compiled where it can be.
 
-Detectron2 publishes nothing on PyPI. This script, run by `make setup`:
+Detectron2 publishes nothing on PyPI; users build it from a git checkout, which compiles its
+C++ extension `detectron2._C`. This script, run by `make setup`:
 
 1. installs the libraries Detectron2 imports only where it needs them and does not declare:
-   OpenCV (`Visualizer`, `detectron2.projects.point_rend`, rotation augmentation) as
-   `opencv-python-headless`, unless some OpenCV already imports, and shapely (polygon crops);
-   fvcore is brought to the range in constraints.txt;
-2. keeps an already working Detectron2 (for example one built from an upstream git checkout),
-   unless it is a fallback built by an older version of this script (see FALLBACK_FINGERPRINT);
-3. otherwise downloads PyPI's `pb1-detectron2` sdist (upstream v0.6's Python package without
-   `detectron2/layers/csrc/`), checks its sha256, and builds it with these changes:
-   - no compiled extension; `detectron2/_C.py` stands in for it. It answers the version queries
-     of `collect_env` and raises an error naming the missing op for anything else. Mask R-CNN on
-     axis-aligned boxes never calls `_C` (it uses torchvision's roi_align and nms);
-   - the model-zoo configs installed as package data (the sdist's setup.py looks for them where
-     the sdist does not have them);
-   - COMPAT_FIXES: the v0.6 lines that fail on today's Python, NumPy, Pillow, setuptools and
-     torch, each fixed the way upstream main fixed it (or, where main has not, said so).
+   OpenCV as `opencv-python-headless` unless some OpenCV already imports, and shapely; fvcore
+   is brought to the range in constraints.txt;
+2. keeps an already working Detectron2 (for example one you built yourself), unless it is a
+   stand-in build made by an older version of this script (FALLBACK_FINGERPRINT); it never
+   replaces a working Detectron2 it did not build without `--force`;
+3. otherwise builds one, with its real compiled ops when it has a source tree and a C++
+   compiler (CUDA ops too when torch sees CUDA and a CUDA toolkit):
+   - `--source PATH`: a Detectron2 checkout or source tarball (e.g.
+     ../shared/detectron2/detectron2-main.tar.gz); copied or extracted, never built in place;
+   - no `--source`: a shallow clone of the pinned upstream commit of `--ref` (main by
+     default, or v0.6; PINNED_COMMITS in scripts/detectron2_sources.py), where git reaches
+     github.com;
+   - without sources or compiler (or with `--no-ops`): PyPI's `pb1-detectron2` sdist (upstream
+     v0.6's Python package without `detectron2/layers/csrc/`), sha256-checked, built with a
+     pure-Python `detectron2/_C.py` standing in for the compiled ops, and a line saying so.
+   Every build gets the fixes its tree still needs (COMPAT_FIXES, scripts/detectron2_patches.py:
+   v0.6's lines that fail on today's NumPy, Pillow, setuptools, torch; main's pkg_resources)
+   and a `detectron2/_ms_rcnn_build.py` recording source, commit and ops.
 
-With `--source PATH`, it builds that Detectron2 checkout (e.g. upstream main) the same way:
-no compiled ops, and the fixes the checkout still needs (see `patch_checkout`).
+A smoke test (scripts/detectron2_smoke.py) checks the result, or an already installed
+Detectron2: its core, its compiled ops, its model zoo, COCO evaluation, then ms-rcnn's configs
+and evaluator from this checkout. A failure names the step and says what to do.
 
-A smoke test checks the result, or an already installed Detectron2: Detectron2's core, its
-model zoo, COCO evaluation, then ms-rcnn's configs and evaluator from this checkout. A failure
-names the step and says what to do.
-
-Usage: python scripts/install_detectron2.py [--force] [--source PATH]
+Usage: python scripts/install_detectron2.py [--force] [--source PATH [--commit SHA]]
+           [--ref main|v0.6] [--no-ops] [--editable]
 """
 
 import argparse
@@ -43,133 +46,40 @@ import tempfile
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 CONSTRAINTS = ROOT / "constraints.txt"
 SDIST_NAME = "pb1-detectron2"
+DIST_NAMES = ("detectron2", SDIST_NAME)
 
-# The source-tree changes live next to this script (scripts/ is on sys.path when it runs as a
-# script; added here for the tests, which load it by file path).
+# The helpers live next to this script (scripts/ is on sys.path when it runs as a script; added
+# here for the tests, which load it by file path).
 if str(pathlib.Path(__file__).resolve().parent) not in sys.path:
     sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 from detectron2_patches import (  # noqa: E402
     FALLBACK_FINGERPRINT,
     SDIST_SHA256,
+    checkout_fingerprint,
     patch_checkout,
     patch_source,
+    write_build_marker,
 )
-
-# Imports and calls that must work for ms-rcnn, in steps: Detectron2's core (models, data
-# pipeline, polygon masks), its model zoo, COCO evaluation, then ms-rcnn's own configs and
-# evaluator, imported from this checkout (the script runs before `make setup` installs ms-rcnn).
-# Each step prints a "SMOKE-STEP" line first, so a failure can be told apart and explained.
-SMOKE_TEST = """
-import glob, os, sys, tempfile
-def step(name, detail=""):
-    print("SMOKE-STEP", name, detail, flush=True)
-
-step("core")
-import numpy as np, torch
-import detectron2, detectron2.modeling, detectron2.data.transforms
-from detectron2.export import TracingAdapter  # needs the optional-caffe2 patch on torch 2
-from detectron2.utils.analysis import FlopCountAnalysis
-from detectron2.structures import PolygonMasks
-from detectron2.utils.collect_env import collect_env_info
-poly = PolygonMasks([[np.array([0, 0, 8, 0, 8, 8, 0, 8], dtype=np.float64)]])
-m = poly.crop_and_resize(torch.tensor([[0.0, 0.0, 16.0, 16.0]]), 4)
-assert m.dtype == torch.bool and m[0, 0, 0] and not m[0, 3, 3], m
-collect_env_info()
-
-step("model_zoo")
-from detectron2 import model_zoo
-model_zoo.get_config_file("COCO-InstanceSegmentation/mask_rcnn_R_50_FPN_1x.yaml")
-model_zoo.get_config("common/models/mask_rcnn_fpn.py")
-
-step("evaluator")
-from detectron2.evaluation import COCOEvaluator
-
-root = sys.argv[1]
-sys.path.insert(0, root)
-step("project-import", root)
-from detectron2.config import LazyConfig, get_cfg
-import ms_rcnn
-from ms_rcnn.evaluation import MaskScoringCOCOEvaluator
-
-step("project-evaluator")  # one image, its ground truth predicted back: segm AP must be 100
-from detectron2.data import DatasetCatalog, MetadataCatalog
-from detectron2.structures import BoxMode, Instances, Boxes
-box = [4.0, 4.0, 20.0, 20.0]
-record = {"file_name": "x.png", "image_id": 1, "height": 32, "width": 32, "annotations": [
-    {"bbox": box, "bbox_mode": BoxMode.XYXY_ABS, "category_id": 0,
-     "segmentation": [[4, 4, 20, 4, 20, 20, 4, 20]], "iscrowd": 0}]}
-DatasetCatalog.register("ms_rcnn_smoke", lambda: [record])
-MetadataCatalog.get("ms_rcnn_smoke").thing_classes = ["square"]
-with tempfile.TemporaryDirectory() as out:
-    evaluator = MaskScoringCOCOEvaluator("ms_rcnn_smoke", ("bbox", "segm"), False, out)
-    pred = Instances((32, 32), pred_boxes=Boxes(torch.tensor([box])), scores=torch.tensor([0.9]),
-                     pred_classes=torch.tensor([0]), mask_scores=torch.tensor([0.8]))
-    mask = torch.zeros(1, 32, 32, dtype=torch.bool)
-    mask[0, 4:20, 4:20] = True
-    pred.pred_masks = mask
-    evaluator.reset()
-    evaluator.process([{"image_id": 1}], [{"instances": pred}])
-    segm_ap = evaluator.evaluate()["segm"]["AP"]
-    assert segm_ap > 99, f"segm AP {segm_ap} for a perfect prediction"
-
-for path in sorted(glob.glob(os.path.join(root, "configs", "**", "*.yaml"), recursive=True)):
-    step("project-yaml", path)
-    cfg = get_cfg()
-    ms_rcnn.add_ms_rcnn_config(cfg)
-    try:
-        ms_rcnn.merge_config_file(cfg, path)  # adds PointRend's keys where the config uses it
-    except ImportError as e:
-        # PointRend is optional: a Detectron2 without detectron2.projects (a non-editable build of
-        # main) runs everything else; its configs say how to get it when they are used.
-        if "uses PointRend" not in str(e):
-            raise
-        print("SMOKE-WARNING", path, "skipped:", e, flush=True)
-for path in sorted(glob.glob(os.path.join(root, "configs", "lazy", "*.py"))):
-    step("project-lazy", path)
-    LazyConfig.load(path)
-
-print("detectron2", detectron2.__version__, "at", detectron2.__file__)
-"""
-
-# Run in the target interpreter: is the importable Detectron2 our fallback build (its `_C.py`
-# stand-in installed by the pb1-detectron2 distribution), and which fingerprint does it carry?
-# A Detectron2 installed any other way (an upstream checkout, a wheel) is never "ours". Reads
-# the files without importing Detectron2 (and torch): a second at most.
-FALLBACK_PROBE = f"""
-import importlib.metadata, importlib.util, json, os, re
-out = {{"fallback": False, "fingerprint": None}}
-spec = importlib.util.find_spec("detectron2")
-stand_in = os.path.join(list(spec.submodule_search_locations or [""])[0], "_C.py") if spec else ""
-try:
-    dist = importlib.metadata.distribution({SDIST_NAME!r})
-except importlib.metadata.PackageNotFoundError:
-    dist = None
-if dist is not None and os.path.isfile(stand_in):
-    text = open(stand_in).read()
-    if re.search(r"^PURE_PYTHON_STANDIN = True", text, re.M):
-        ours = os.path.realpath(str(dist.locate_file("detectron2/_C.py")))
-        out["fallback"] = ours == os.path.realpath(stand_in)
-        found = re.search(r"^FALLBACK_FINGERPRINT = '(\\w+)'", text, re.M)
-        out["fingerprint"] = found and found.group(1)
-print(json.dumps(out))
-"""
+from detectron2_smoke import (  # noqa: E402, F401  (the tests reach them through here)
+    FALLBACK_PROBE,
+    FEATURES_TEST,
+    INSTALLED_PROBE,
+    run_smoke_test,
+    what_to_do,
+)
+from detectron2_sources import (  # noqa: E402
+    PINNED_COMMITS,
+    clone_pinned,
+    cuda_plan,
+    find_compiler,
+    prepare_source,
+)
 
 # Detectron2 imports these lazily, where it needs them, and does not declare them. Module name
 # -> the package installed (with its constraints.txt pin) when the module does not import. A
 # user's own OpenCV build (opencv-python, opencv-contrib-python) is kept: a second OpenCV
 # package would overwrite its cv2.
 OPTIONAL_DEPENDENCIES = {"cv2": "opencv-python-headless", "shapely": "shapely"}
-
-# Detectron2 features that need the dependencies above; checked after installing.
-FEATURES_TEST = """
-import numpy as np
-from detectron2.utils.visualizer import Visualizer
-import detectron2.projects.point_rend
-from detectron2.data.transforms import CropTransform
-# A U whose two arms the crop separates: a multi-part intersection (fvcore + shapely 2).
-u_shape = np.array([[0, 0], [6, 0], [6, 6], [4, 6], [4, 2], [2, 2], [2, 6], [0, 6]], float)
-assert len(CropTransform(0, 3, 6, 3).apply_polygons([u_shape])) == 2
-"""
 
 
 def log(msg):
@@ -180,58 +90,11 @@ def run_python(code):
     return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
 
 
-def run_smoke_test(root=ROOT, env=None):
-    """Run SMOKE_TEST in a fresh interpreter, with ms-rcnn's checkout `root`: (None, version
-    line, "") if it passes, else (the failed step, its detail, stderr)."""
-    cmd = [sys.executable, "-c", SMOKE_TEST, str(root)]
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
-    if proc.returncode == 0:
-        return None, proc.stdout.strip().splitlines()[-1], ""
-    steps = [
-        line.split(" ", 2)[1:] for line in proc.stdout.splitlines() if line.startswith("SMOKE-STEP")
-    ]
-    step, detail = (steps[-1] + [""])[:2] if steps else ("core", "")
-    return step, detail.strip(), proc.stderr
-
-
-def what_to_do(step, detail, error):
-    """What the user can do about a failed smoke-test step (printed with the error)."""
-    if "No module named 'pkg_resources'" in error:
-        return (
-            "Detectron2's model_zoo imports pkg_resources, which setuptools >= 81 no longer "
-            "ships (upstream main still does as of commit 02b5c4e2; LazyConfig configs that use "
-            "model_zoo fail with it). Either `pip install 'setuptools<81'`, or reinstall your "
-            "Detectron2 checkout with `python scripts/install_detectron2.py --source PATH`, "
-            "which removes that import."
-        )
-    if step == "model_zoo":
-        return (
-            "Detectron2's model-zoo configs are not where detectron2.model_zoo looks (an "
-            "editable install of a checkout needs detectron2/model_zoo/configs). Reinstall it "
-            "with `python scripts/install_detectron2.py --source PATH` or `pip install PATH` "
-            "(not -e)."
-        )
-    if step == "evaluator":
-        return (
-            "Detectron2's COCO evaluation does not import; the error names the missing piece "
-            "(usually pycocotools: `pip install 'pycocotools>=2.0.2'`)."
-        )
-    if step in ("project-yaml", "project-lazy"):
-        return (
-            f"ms-rcnn's config {detail} does not load with this Detectron2 (a key or module it "
-            "uses is missing here). The versions ms-rcnn is tested with are listed in "
-            "docs/DETECTRON2_VERSIONS.md; use one of them, or report the error."
-        )
-    if step.startswith("project"):
-        return (
-            f"ms-rcnn ({step}) fails with this Detectron2. The versions ms-rcnn is tested with "
-            "are listed in docs/DETECTRON2_VERSIONS.md; use one of them, or report the error."
-        )
-    return (
-        "Detectron2 itself does not import or its basic ops fail. Reinstall it: "
-        "`python scripts/install_detectron2.py --force` (v0.6 without compiled ops) or "
-        "`--source PATH` (a checkout, e.g. upstream main)."
-    )
+def probe(code):
+    proc = run_python(code)
+    if proc.returncode != 0:
+        raise SystemExit("could not inspect the installed Detectron2:\n" + proc.stderr[-2000:])
+    return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
 def working_detectron2(just_installed=False):
@@ -241,7 +104,7 @@ def working_detectron2(just_installed=False):
     whose core works but that fails a later step is the user's own choice to keep: stop and
     say what to do instead of replacing it.
     """
-    step, detail, error = run_smoke_test()
+    step, detail, error = run_smoke_test(ROOT)
     if step is None:
         log("found a working " + detail)
         return True
@@ -253,23 +116,51 @@ def working_detectron2(just_installed=False):
     raise SystemExit(
         f"{error[-2500:]}\n[install_detectron2] Detectron2 fails the smoke test at step "
         f"'{where}'.\nWhat to do: {what_to_do(step, detail, error)}"
-        + ("" if just_installed else "\n(`--force` replaces it with the v0.6 build instead.)")
+        + ("" if just_installed else "\n(`--force` replaces it with a new build instead.)")
     )
 
 
 def stale_fallback():
     """True if the installed Detectron2 is a fallback built with other fixes than this script's."""
-    proc = run_python(FALLBACK_PROBE)
-    if proc.returncode != 0:
-        raise SystemExit("could not inspect the installed Detectron2:\n" + proc.stderr[-2000:])
-    probe = json.loads(proc.stdout.strip().splitlines()[-1])
-    if probe["fallback"] and probe["fingerprint"] != FALLBACK_FINGERPRINT:
+    found = probe(FALLBACK_PROBE)
+    if found["fallback"] and found["fingerprint"] != FALLBACK_FINGERPRINT:
         log(
             f"the installed {SDIST_NAME} fallback was built by an older version of this script "
-            f"(fingerprint {probe['fingerprint']}, now {FALLBACK_FINGERPRINT}); rebuilding it"
+            f"(fingerprint {found['fingerprint']}, now {FALLBACK_FINGERPRINT}); rebuilding it"
         )
         return True
     return False
+
+
+def warn_if_stale_build():
+    """A checkout build this script made with other fixes than today's: say how to rebuild it
+    (its source may be gone, e.g. a clone's temporary folder, so it is not rebuilt here)."""
+    build = probe(INSTALLED_PROBE)["build"]
+    if build and build.get("fingerprint") != checkout_fingerprint():
+        log(
+            f"warning: the installed Detectron2 was built from {build.get('source')} by an older "
+            "version of this script (other fixes); rebuild it: make setup DETECTRON2_SRC=<that "
+            "source> (or --source PATH --force)"
+        )
+
+
+def may_replace_installed(force):
+    """Before building from --source: True unless a Detectron2 this script did not build is
+    installed and its core works (then refuse, naming it, unless --force)."""
+    found = probe(INSTALLED_PROBE)
+    if not found["present"] or found["ours"] or force:
+        if found["present"]:
+            log(f"replacing the Detectron2 at {found['path']}" + (" (--force)" if force else ""))
+        return True
+    step, _, _ = run_smoke_test(ROOT)
+    if step == "core":
+        log(f"the Detectron2 at {found['path']} does not import; replacing it")
+        return True
+    raise SystemExit(
+        f"[install_detectron2] a working Detectron2 that this script did not build is installed "
+        f"at {found['path']}; it is left as it is. Use another venv (VENV=... for make), or pass "
+        "--force to replace it with the build from --source."
+    )
 
 
 def install_dependencies():
@@ -283,14 +174,31 @@ def install_dependencies():
 
 
 def check_features():
-    """Visualizer, PointRend and polygon crops work; a failure is fatal only for our build."""
+    """Visualizer, PointRend and polygon crops work; a failure is fatal only for our builds."""
     proc = run_python(FEATURES_TEST)
     if proc.returncode == 0:
         return
     msg = "Detectron2's Visualizer, PointRend or polygon crop fails:\n" + proc.stderr[-2000:]
-    if json.loads(run_python(FALLBACK_PROBE).stdout)["fallback"]:
+    if probe(INSTALLED_PROBE)["ours"]:
         raise SystemExit(msg)
     log("warning (your own Detectron2 build is kept as it is): " + msg)
+
+
+def check_ops(compiled):
+    """After a build: the ops are what was built (the smoke test already ran a compiled one)."""
+    code = "import json, ms_rcnn.env as e; print(json.dumps(e.detectron2_build()))"
+    path = os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])
+    cmd = [sys.executable, "-c", code]
+    proc = subprocess.run(
+        cmd, capture_output=True, text=True, env=dict(os.environ, PYTHONPATH=path)
+    )
+    build = json.loads(proc.stdout.strip().splitlines()[-1]) if proc.returncode == 0 else {}
+    want = "compiled" if compiled else "stand-in"
+    if build.get("ops") != want:
+        raise SystemExit(
+            f"[install_detectron2] built Detectron2 with {want} ops, but detectron2._C is "
+            f"{build.get('ops', 'not importable')}:\n{proc.stderr[-2000:]}"
+        )
 
 
 def pinned_version():
@@ -306,19 +214,85 @@ def pip(*args):
     subprocess.run(cmd, check=True)
 
 
-def install_checkout(source):
-    """Build and install the Detectron2 checkout at `source` without compiled ops.
+def replace_installed(tree, dist_name, editable=False):
+    """pip-install the source tree `tree` (distribution `dist_name`), then remove the other
+    Detectron2 distribution if one is installed (the v0.6 fallback when a compiled main comes
+    in, or the reverse): two owners of the same files would break each other's uninstall.
 
-    The checkout itself is left untouched: it is copied (without .git and build leftovers)
-    and the copy is patched and installed.
+    Whatever is installed stays until the new build has compiled: a regular build is made into
+    a wheel first; an editable one writes nothing into site-packages' detectron2/ folder, so the
+    other distribution can go after it.
     """
-    source = pathlib.Path(source).resolve()
+    # --no-build-isolation: setup.py imports torch. --use-pep517: with pip 23.2 and setuptools
+    # >= 80, `-e` otherwise goes through setuptools' `develop`, which re-runs pip with build
+    # isolation (no torch there) and fails before compiling.
+    flags = ["--no-build-isolation", "--use-pep517", "-c", str(CONSTRAINTS)]
+    if editable:
+        pip("install", *flags, "-e", str(tree))  # replaces a `detectron2` install itself
+        others = [name for name in probe(INSTALLED_PROBE)["dists"] if name != dist_name]
+        if others:
+            pip("uninstall", "-y", *others)
+        return
+    with tempfile.TemporaryDirectory(prefix="d2-wheel-") as wheels:
+        pip("wheel", "--no-deps", *flags, "-w", wheels, str(tree))
+        # All of them: pip would keep an installed detectron2 of the same version number.
+        installed = probe(INSTALLED_PROBE)["dists"]
+        if installed:
+            pip("uninstall", "-y", *installed)
+        (wheel,) = pathlib.Path(wheels).glob("*.whl")
+        pip("install", "-c", str(CONSTRAINTS), str(wheel))
+
+
+def new_editable_tree():
+    """A new folder for an editable build's tree, inside the venv like pip's own src/ (the one
+    installed now stays until the new one is built; `drop_old_editable_trees` removes it)."""
+    parent = pathlib.Path(sys.prefix) / "src"
+    parent.mkdir(parents=True, exist_ok=True)
+    return pathlib.Path(tempfile.mkdtemp(prefix="detectron2-", dir=parent)) / "detectron2"
+
+
+def drop_old_editable_trees(keep=None):
+    for old in (pathlib.Path(sys.prefix) / "src").glob("detectron2-*"):
+        if keep is None or old != keep.parent:
+            shutil.rmtree(old, ignore_errors=True)
+
+
+def install_tree(tree, info, compiled, editable):
+    """Patch the tree (a copy), record what it is, and pip-install it."""
+    changed = patch_checkout(tree, compiled=compiled)
+    log("patched the copy: " + (", ".join(changed) or "nothing needed"))
+    cuda = False
+    if compiled:
+        cuda, why = cuda_plan()
+        log(f"compiling detectron2._C ({why}; about 2 min on 2 cores)")
+    write_build_marker(
+        tree, ops="compiled" if compiled else "stand-in", cuda_ops=cuda, editable=editable,
+        **{k: info[k] for k in ("source", "ref", "commit", "local_changes")},
+    )  # fmt: skip
+    replace_installed(tree, "detectron2", editable=editable)
+
+
+def install_checkout(source, compiled, editable=False, commit=None):
+    """Build the Detectron2 checkout or tarball `source`, from a copy (never in place)."""
     with tempfile.TemporaryDirectory(prefix="d2-build-") as tmp:
-        src = pathlib.Path(tmp) / "detectron2"
-        ignore = shutil.ignore_patterns(".git", "build", "*.egg-info", "_C*.so", "__pycache__")
-        shutil.copytree(source, src, ignore=ignore, symlinks=True)
-        log("patched checkout: " + ", ".join(patch_checkout(src)))
-        pip("install", "--no-build-isolation", "-c", str(CONSTRAINTS), str(src))
+        tree = new_editable_tree() if editable else pathlib.Path(tmp) / "detectron2"
+        info = prepare_source(source, tree, commit=commit)
+        where = f" at commit {info['commit'][:12]}" if info["commit"] else ""
+        log(f"building {info['source']}{where}" + (f" (editable, in {tree})" if editable else ""))
+        install_tree(tree, info, compiled, editable)
+    drop_old_editable_trees(keep=tree if editable else None)
+
+
+def install_clone(ref, editable=False):
+    """Clone the pinned upstream commit of `ref` and build it with compiled ops. Returns None,
+    or why it could not be fetched (then nothing was changed)."""
+    with tempfile.TemporaryDirectory(prefix="d2-clone-") as tmp:
+        clone = pathlib.Path(tmp) / "detectron2"
+        why = clone_pinned(ref, clone)
+        if why:
+            return f"cannot fetch upstream Detectron2 {ref} ({why})"
+        install_checkout(clone, compiled=True, editable=editable)
+        return None
 
 
 def extract_sdist(sdist, dest):
@@ -354,6 +328,7 @@ def extract_sdist(sdist, dest):
 
 
 def build_and_install():
+    """PyPI's v0.6 sdist, patched, with the pure-Python `_C` stand-in."""
     version = pinned_version()
     with tempfile.TemporaryDirectory(prefix="d2-build-") as tmp:
         tmp = pathlib.Path(tmp)
@@ -368,25 +343,77 @@ def build_and_install():
         extract_sdist(sdist, tmp)
         src = next(p for p in tmp.iterdir() if p.is_dir())
         log("patched: " + ", ".join(patch_source(src)))
-        pip("install", "--no-build-isolation", "-c", str(CONSTRAINTS), str(src))
+        replace_installed(src, SDIST_NAME)
+    drop_old_editable_trees()
 
 
-def main():
+STAND_IN = "installing PyPI's Detectron2 v0.6 with the pure-Python stand-in for its compiled ops"
+
+
+def build_default(args):
+    """No --source: clone and compile the pinned commit where possible, else the PyPI build.
+    Returns whether the ops are compiled."""
+    if args.no_ops:
+        log(f"--no-ops: {STAND_IN}")
+    else:
+        compiler, about = find_compiler()
+        why = about if not compiler else install_clone(args.ref, editable=args.editable)
+        if why is None:
+            return True
+        if compiler:
+            why += " and no DETECTRON2_SRC given"
+        log(f"{why}: {STAND_IN}")
+    build_and_install()
+    return False
+
+
+def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--force", action="store_true", help="rebuild even if one works")
     parser.add_argument(
-        "--source",
-        metavar="PATH",
-        help="build this Detectron2 checkout (e.g. upstream main) without compiled ops, "
-        "instead of the pinned v0.6 sdist; always (re)installs",
-    )
-    args = parser.parse_args()
+        "--force", action="store_true", help="build even if a working Detectron2 is installed, "
+        "and replace one this script did not build",
+    )  # fmt: skip
+    parser.add_argument(
+        "--source", metavar="PATH", help="build this Detectron2 checkout or source tarball "
+        "(e.g. ../shared/detectron2/detectron2-main.tar.gz); always (re)builds",
+    )  # fmt: skip
+    parser.add_argument(
+        "--commit", help="the commit of --source, where the tree cannot tell (no .git, a tarball "
+        "this script does not know); recorded in the build",
+    )  # fmt: skip
+    parser.add_argument(
+        "--ref", choices=sorted(PINNED_COMMITS), default="main",
+        help="without --source: the pinned upstream commit to clone and compile (default main)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--no-ops", action="store_true", help="build without compiled ops (the pure-Python "
+        "stand-in for detectron2._C), even where a compiler is there",
+    )  # fmt: skip
+    parser.add_argument(
+        "--editable", action="store_true", help="install the built tree in editable mode "
+        "(`pip install -e`, as from a checkout); the tree is kept in <venv>/src/detectron2",
+    )  # fmt: skip
+    return parser.parse_args(argv)
+
+
+def main(argv=None):
+    args = parse_args(argv)
     install_dependencies()
+    compiled = None  # None: nothing built, a working Detectron2 kept
     if args.source:
-        install_checkout(args.source)
+        compiler, about = (False, "--no-ops") if args.no_ops else find_compiler()
+        if not compiler:
+            log(f"{about}: building {args.source} with the pure-Python stand-in for its ops")
+        may_replace_installed(args.force)
+        install_checkout(args.source, compiler, editable=args.editable, commit=args.commit)
+        compiled = compiler
     elif args.force or stale_fallback() or not working_detectron2():
-        build_and_install()
+        compiled = build_default(args)
+    else:
+        warn_if_stale_build()
     working_detectron2(just_installed=True)
+    if compiled is not None:
+        check_ops(compiled)
     check_features()
 
 

@@ -7,8 +7,27 @@ import torch
 
 os.environ.setdefault("OMP_NUM_THREADS", "2")
 
+# The device of the device-dependent tests (marked `device`, they take the `device` fixture):
+# the CPU unless MS_RCNN_TEST_DEVICE says otherwise. scripts/check_gpu.py runs them with
+# MS_RCNN_TEST_DEVICE=cuda (`pytest -m device`) on the first machine with a GPU.
+TEST_DEVICE = os.environ.get("MS_RCNN_TEST_DEVICE", "cpu")
 
-def tiny_cfg(roi_heads="StandardROIHeads", mask_format="polygon", num_classes=3):
+
+def pytest_configure(config):
+    if TEST_DEVICE.startswith("cuda") and not torch.cuda.is_available():
+        raise pytest.UsageError(
+            f"MS_RCNN_TEST_DEVICE={TEST_DEVICE}, but torch {torch.__version__} sees no CUDA "
+            "device here; unset it to test on the CPU"
+        )
+
+
+@pytest.fixture
+def device():
+    """torch.device for the device-dependent tests ($MS_RCNN_TEST_DEVICE, default cpu)."""
+    return torch.device(TEST_DEVICE)
+
+
+def tiny_cfg(roi_heads="StandardROIHeads", mask_format="polygon", num_classes=3, device="cpu"):
     """A Detectron2 config for a tiny R-50-FPN Mask R-CNN: a few channels, a few RoIs.
 
     The model is the same graph as the real one (every layer kind, FPN levels, heads), only
@@ -22,7 +41,7 @@ def tiny_cfg(roi_heads="StandardROIHeads", mask_format="polygon", num_classes=3)
     add_ms_rcnn_config(cfg)
     here = os.path.dirname(os.path.abspath(__file__))
     cfg.merge_from_file(os.path.join(here, "..", "configs", "Base-RCNN-FPN.yaml"))
-    cfg.MODEL.DEVICE = "cpu"
+    cfg.MODEL.DEVICE = str(device)
     cfg.MODEL.WEIGHTS = ""
     cfg.MODEL.MASK_ON = True
     cfg.MODEL.ROI_HEADS.NAME = roi_heads

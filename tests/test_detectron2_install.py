@@ -1,7 +1,8 @@
 """The Detectron2 that `make setup` installs works where ms-rcnn needs it.
 
 These guard the v0.6 fixes of scripts/install_detectron2.py (NumPy aliases, Pillow's LINEAR,
-pkg_resources, model-zoo configs, the _C stand-in). With an upstream build they pass as well.
+pkg_resources, model-zoo configs, the _C stand-in) and check the compiled ops where the build
+has them. They pass on every build: stand-in v0.6, compiled v0.6, compiled main.
 """
 
 import numpy as np
@@ -52,14 +53,36 @@ def test_transforms_with_bilinear_default():
     assert aug_input.image.shape[0] == 20
 
 
-def test_compiled_ops_standin_names_the_missing_op():
+def test_compiled_ops_are_what_the_build_says():
+    """Asks the build (ms_rcnn.env) and checks it against `detectron2._C` itself: the stand-in
+    names the missing op; the compiled extension runs one (a rotated-box IoU). CI's compiled
+    leg sets MS_RCNN_EXPECT_DETECTRON2_OPS=compiled, so a silent fallback fails there."""
+    import os
+
+    from ms_rcnn.env import detectron2_build
+
+    ops = detectron2_build()["ops"]
+    expected = os.environ.get("MS_RCNN_EXPECT_DETECTRON2_OPS")
+    assert ops == (expected or ops), f"expected {expected} ops, this build has {ops}"
+    if ops == "missing":  # a build without _C at all (main made it optional)
+        with pytest.raises(ImportError):
+            from detectron2 import _C  # noqa: F401
+        return
     from detectron2 import _C
 
-    if not getattr(_C, "PURE_PYTHON_STANDIN", False):
-        pytest.skip("Detectron2 with real compiled ops")
-    assert "compiled ops" in _C.get_compiler_version()
-    with pytest.raises(AttributeError, match="deform_conv_forward"):
-        _C.deform_conv_forward  # noqa: B018
+    if ops == "stand-in":
+        assert "compiled ops" in _C.get_compiler_version()
+        with pytest.raises(AttributeError, match="deform_conv_forward"):
+            _C.deform_conv_forward  # noqa: B018
+        return
+    from detectron2.structures import RotatedBoxes, pairwise_iou_rotated
+
+    assert _C.__file__.endswith(".so"), _C.__file__
+    # Two 2x2 squares, one shifted by 1 along x: IoU 2/6, whatever their common rotation.
+    boxes = torch.tensor([[0.0, 0.0, 2.0, 2.0, 0.0], [1.0, 0.0, 2.0, 2.0, 0.0]])
+    iou = pairwise_iou_rotated(RotatedBoxes(boxes), RotatedBoxes(boxes))
+    assert iou[0, 1].item() == pytest.approx(1 / 3, abs=1e-5)
+    assert iou[0, 0].item() == pytest.approx(1.0, abs=1e-5)
 
 
 def test_collect_env_and_model_zoo_configs():
@@ -85,28 +108,38 @@ def _installer():
     return module
 
 
-def test_smoke_test_names_pkg_resources_and_the_fix(tmp_path):
-    """Detectron2 main's model_zoo imports pkg_resources, which setuptools >= 81 lacks. Here an
-    import hook makes detectron2.model_zoo fail the way it does there."""
+def test_smoke_test_names_the_pkg_resources_line_and_both_fixes(tmp_path):
+    """A user's Detectron2 main whose model_zoo imports pkg_resources (setuptools >= 81 has
+    none): the smoke test names that file and line and gives both fixes. Here an import hook
+    loads such a model_zoo.py in place of the installed one, with pkg_resources missing."""
     import os
 
+    theirs = tmp_path / "their-detectron2" / "detectron2" / "model_zoo" / "model_zoo.py"
+    theirs.parent.mkdir(parents=True)
+    theirs.write_text("import os\nimport pkg_resources\n")
     (tmp_path / "sitecustomize.py").write_text(
-        "import sys\n"
-        "class NoPkgResources:\n"
+        "import importlib.util, sys\n"
+        "class TheirModelZoo:\n"
         "    def find_spec(self, name, path=None, target=None):\n"
-        "        if name == 'detectron2.model_zoo':\n"
+        "        if name == 'pkg_resources':\n"
         "            raise ModuleNotFoundError(\"No module named 'pkg_resources'\",\n"
         "                                      name='pkg_resources')\n"
-        "sys.meta_path.insert(0, NoPkgResources())\n"
+        "        if name == 'detectron2.model_zoo.model_zoo':\n"
+        f"            return importlib.util.spec_from_file_location(name, {str(theirs)!r})\n"
+        "sys.meta_path.insert(0, TheirModelZoo())\n"
     )
     env = dict(
         os.environ, PYTHONPATH=os.pathsep.join([str(tmp_path), os.environ.get("PYTHONPATH", "")])
     )
     installer = _installer()
-    step, detail, error = installer.run_smoke_test(env=env)
+    step, detail, error = installer.run_smoke_test(installer.ROOT, env=env)
     assert step == "model_zoo", error[-2000:]
     advice = installer.what_to_do(step, detail, error)
-    assert "setuptools<81" in advice and "--source PATH" in advice
+    assert f"{theirs}, line 2 (`import pkg_resources`)" in advice
+    assert "setuptools<81" in advice and "left as it is" in advice
+    assert "MODEL_ZOO_FIXES in scripts/detectron2_patches.py" in advice
+    assert 'os.path.join(os.path.dirname(__file__), "configs", config_path)' in advice
+    assert theirs.read_text() == "import os\nimport pkg_resources\n"  # not touched
 
 
 def test_smoke_test_passes_our_configs_and_names_one_that_fails(tmp_path):
@@ -123,7 +156,7 @@ def test_smoke_test_passes_our_configs_and_names_one_that_fails(tmp_path):
     bad = tmp_path / "configs" / "lazy" / "zz_needs_a_newer_detectron2.py"
     bad.write_text("from detectron2.modeling.a_module_this_detectron2_lacks import model\n")
     installer = _installer()
-    step, detail, error = installer.run_smoke_test(root=tmp_path)
+    step, detail, error = installer.run_smoke_test(tmp_path)
     assert (step, detail) == ("project-lazy", str(bad)), error[-3000:]
     assert "a_module_this_detectron2_lacks" in error
     assert str(bad) in installer.what_to_do(step, detail, error)

@@ -119,18 +119,12 @@ def test_main_rebuilds_only_when_needed(installer, monkeypatch, force, stale, wo
         "working_detectron2",
         lambda just_installed=False: working or "build" in calls or just_installed,
     )
-    monkeypatch.setattr(installer, "build_and_install", lambda: calls.append("build"))
-    monkeypatch.setattr(installer, "install_checkout", lambda src: calls.append(f"checkout {src}"))
+    monkeypatch.setattr(installer, "build_default", lambda args: calls.append("build") or True)
+    monkeypatch.setattr(installer, "check_ops", lambda compiled: calls.append(f"ops {compiled}"))
     monkeypatch.setattr(installer, "check_features", lambda: calls.append("features"))
-    monkeypatch.setattr(sys, "argv", ["install_detectron2.py"] + (["--force"] if force else []))
-    installer.main()
-    expected = ["deps"] + (["build"] if builds else []) + ["features"]
+    installer.main(["--force"] if force else [])
+    expected = ["deps"] + (["build", "ops True"] if builds else []) + ["features"]
     assert calls == expected
-    # --source always builds that checkout, never the v0.6 fallback, whatever is installed.
-    calls.clear()
-    monkeypatch.setattr(sys, "argv", ["install_detectron2.py", "--source", "/src/d2"])
-    installer.main()
-    assert calls == ["deps", "checkout /src/d2", "features"]
 
 
 def test_compat_fix_refuses_a_source_it_was_not_written_for(patches, tmp_path):
@@ -141,17 +135,26 @@ def test_compat_fix_refuses_a_source_it_was_not_written_for(patches, tmp_path):
         fix.apply(tmp_path)
 
 
-def test_installed_fallback_carries_this_scripts_fingerprint(installer):
-    """The Detectron2 in this environment: if it is our fallback, it has today's fixes."""
+def test_installed_build_carries_this_scripts_fingerprint(installer, patches):
+    """The Detectron2 in this environment: if this script built it, it has today's fixes."""
     proc = subprocess.run(
         [sys.executable, "-c", installer.FALLBACK_PROBE], capture_output=True, text=True
     )
-    found = json.loads(proc.stdout)
-    if not found["fallback"]:
-        pytest.skip("Detectron2 here is not ms-rcnn's fallback build")
-    assert found["fingerprint"] == installer.FALLBACK_FINGERPRINT, (
-        "this fallback was built by an older install_detectron2.py: run `make setup`"
-    )
+    from ms_rcnn.env import detectron2_build
+
+    build = detectron2_build()
+    if json.loads(proc.stdout)["fallback"]:  # the PyPI v0.6 sdist with the stand-in
+        found = json.loads(proc.stdout)["fingerprint"]
+        assert found == installer.FALLBACK_FINGERPRINT, (
+            "this fallback was built by an older install_detectron2.py: run `make setup`"
+        )
+    elif build["fingerprint"] is not None:  # a checkout or tarball it built
+        assert build["fingerprint"] == patches.checkout_fingerprint(), (
+            f"this Detectron2 was built from {build['source']} by an older "
+            "install_detectron2.py: run `make setup DETECTRON2_SRC=...` again"
+        )
+    else:
+        pytest.skip(f"Detectron2 here was not built by ms-rcnn's installer ({build['path']})")
 
 
 # ------------------------------------------------- extracting the sdist on any Python 3.9+

@@ -26,18 +26,34 @@ def test_train_only_maskiou_needs_the_head():
         freeze_all_but_maskiou(build_model(tiny_cfg("StandardROIHeads")))
 
 
-def test_cuda_device_without_gpu_is_named(tmp_path):
+def test_cuda_device_without_gpu_is_named(tmp_path, monkeypatch):
     from types import SimpleNamespace
 
     from ms_rcnn.engine import setup
 
-    if torch.cuda.is_available():
-        pytest.skip("a GPU is present")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)  # also on a GPU machine
     config = tmp_path / "c.yaml"
     config.write_text('MODEL:\n  DEVICE: "cuda"\n')
     args = SimpleNamespace(config_file=str(config), opts=[], eval_only=False)
     with pytest.raises(ValueError, match="MODEL.DEVICE cpu"):
         setup(args)
+
+
+def test_setup_logs_which_detectron2_this_is(tmp_path, caplog):
+    """The training log's first lines say which Detectron2 build runs (ms_rcnn.env)."""
+    from types import SimpleNamespace
+
+    from ms_rcnn.engine import setup
+    from ms_rcnn.env import detectron2_line
+
+    config = tmp_path / "c.yaml"
+    config.write_text("MODEL:\n  DEVICE: cpu\n")
+    args = SimpleNamespace(config_file=str(config), opts=["OUTPUT_DIR", str(tmp_path / "out")],
+                           eval_only=False)  # fmt: skip
+    with caplog.at_level("INFO", logger="ms_rcnn.engine"):
+        setup(args)
+    assert f"Running on {detectron2_line()}" in caplog.text
+    assert detectron2_line() in (tmp_path / "out" / "log.txt").read_text()
 
 
 def baseline_then_head_only(tmp_path, norm="FrozenBN"):

@@ -280,29 +280,64 @@ def test_zero_detections(dataset, tmp_path, tasks):
     assert os.path.isfile(os.path.join(out, "maskiou_calibration.png"))
 
 
-def test_without_any_fast_cocoeval_falls_back_with_a_log_line(dataset, caplog, monkeypatch):
-    import ms_rcnn.evaluation.coco_evaluation as coco_evaluation
-    from ms_rcnn.evaluation import compiled_coco_eval_available
+def as_on_a_build_without_compiled_ops(monkeypatch):
+    """Make the evaluator decide as on a Detectron2 without compiled ops (the stand-in build,
+    or main built without them), whatever this build has: the fallbacks are tested everywhere."""
+    import ms_rcnn.evaluation.cocoeval_backend as backend
 
-    assert not compiled_coco_eval_available()  # this venv has the pure-Python build
-    monkeypatch.setattr(coco_evaluation, "faster_coco_eval_available", lambda: False)
+    monkeypatch.setattr(backend, "compiled_coco_eval_available", lambda: False)
+    return backend
+
+
+def test_without_any_fast_cocoeval_falls_back_with_a_log_line(dataset, caplog, monkeypatch):
+    backend = as_on_a_build_without_compiled_ops(monkeypatch)
+    monkeypatch.setattr(backend, "faster_coco_eval_available", lambda: False)
     with caplog.at_level("INFO", logger="ms_rcnn.evaluation.coco_evaluation"):
         evaluator = ms(dataset[0], use_fast_impl=True)
     assert evaluator._use_fast_impl is False
+    assert "backend: pycocotools" in caplog.text and "no compiled ops" in caplog.text
     assert "use_fast_impl=False" in caplog.text
     with pytest.raises(ValueError, match="segm_score_field"):
         ms(dataset[0], segm_score_field="nope")
 
 
-def test_faster_coco_eval_backend_gives_the_official_numbers(dataset, caplog):
+def test_backend_follows_this_build_and_gives_the_official_numbers(dataset, caplog):
+    """On this very build: Detectron2's compiled COCOeval_opt where the build has compiled
+    ops, else faster-coco-eval (a dev extra); the log names it and why, and the numbers are
+    pycocotools' own."""
+    from detectron2.evaluation import coco_evaluation as d2
+
+    from ms_rcnn.env import detectron2_build
+
+    name, _ = dataset
+    compiled = detectron2_build()["ops"] == "compiled"
+    with caplog.at_level("INFO", logger="ms_rcnn.evaluation.coco_evaluation"):
+        fast = ms(name, use_fast_impl=True)
+    expected = "detectron2" if compiled else "faster-coco-eval"
+    assert fast._coco_backend == expected and fast._use_fast_impl
+    assert f"COCO evaluation backend: {expected} (" in caplog.text
+    assert ("Detectron2 has compiled ops" in caplog.text) == compiled
+    if compiled:  # the real thing, not a stand-in: Detectron2's C++ COCOeval
+        assert d2.COCOeval_opt.__module__.startswith("detectron2.")
+        assert d2.COCOeval_opt is not d2.COCOeval
+    with caplog.at_level("INFO", logger="ms_rcnn.evaluation.coco_evaluation"):
+        official = run(ms(name, use_fast_impl=False), ranking_dets())
+    assert "backend: pycocotools (use_fast_impl=False asks" in caplog.text
+    ours = run(fast, ranking_dets())
+    same(ours["bbox"], official["bbox"])
+    same(ours["segm"], official["segm"])
+
+
+def test_faster_coco_eval_backend_gives_the_official_numbers(dataset, caplog, monkeypatch):
     pytest.importorskip("faster_coco_eval")
     from detectron2.evaluation import coco_evaluation as d2
 
+    as_on_a_build_without_compiled_ops(monkeypatch)
     name, _ = dataset
     original = d2.COCOeval_opt
     with caplog.at_level("INFO", logger="ms_rcnn.evaluation.coco_evaluation"):
         fast = ms(name, use_fast_impl=True)
-    assert "faster-coco-eval" in caplog.text and fast._use_fast_impl
+    assert "backend: faster-coco-eval" in caplog.text and fast._use_fast_impl
     seen = []
     monkey = type(fast)._eval_ranked_predictions
 
@@ -352,6 +387,7 @@ def test_faster_coco_eval_backend_applies_on_detectron2_main(dataset, monkeypatc
     reference = run(stock(name), ranking_dets())
 
     as_on_detectron2_main_without_compiled_ops(monkeypatch)
+    as_on_a_build_without_compiled_ops(monkeypatch)
     # The stock evaluator now falls back, as main's does ...
     assert stock(name)._use_fast_impl is False
     # ... and ours must still evaluate with faster-coco-eval, giving the official numbers.

@@ -30,22 +30,31 @@ TRAIN_NET_ENV = "MS_RCNN_LAZYCONFIG_TRAIN_NET"
 
 
 def lazyconfig_train_net() -> Path:
-    """Detectron2's tools/lazyconfig_train_net.py as installed with Detectron2 itself.
+    """Detectron2's tools/lazyconfig_train_net.py, from the installed Detectron2 itself.
 
-    Detectron2's setup.py installs its `tools/` folder as a top-level package, so the script
-    is in the installed distribution's file list; `$MS_RCNN_LAZYCONFIG_TRAIN_NET` points
-    elsewhere (e.g. into an upstream checkout installed in editable mode, which lists no files).
+    Asks the build (ms_rcnn.env.detectron2_build): a regular install lists the script among its
+    files (Detectron2's setup.py installs its `tools/` folder as a top-level package); an
+    editable install or a checkout on the path has it in its source tree, beside the package.
+    `$MS_RCNN_LAZYCONFIG_TRAIN_NET` points elsewhere.
     """
+    from ms_rcnn.env import detectron2_build
+
     if os.environ.get(TRAIN_NET_ENV):
         return Path(os.environ[TRAIN_NET_ENV])
+    build = detectron2_build()
+    if build["install"] == "source checkout":
+        script = Path(build["path"]).parent / "tools" / "lazyconfig_train_net.py"
+        if script.is_file():
+            return script
     for dist_name in importlib.metadata.packages_distributions().get("detectron2", []):
         dist = importlib.metadata.distribution(dist_name)
         for file in dist.files or []:
             if str(file) == "tools/lazyconfig_train_net.py":
                 return Path(dist.locate_file(file))
     pytest.fail(
-        "the installed Detectron2 does not list tools/lazyconfig_train_net.py among its files; "
-        f"set {TRAIN_NET_ENV} to that script in a Detectron2 checkout"
+        f"the installed Detectron2 ({build['install']}, {build['path']}) has no "
+        f"tools/lazyconfig_train_net.py; set {TRAIN_NET_ENV} to that script in a Detectron2 "
+        "checkout"
     )
 
 
@@ -133,9 +142,10 @@ def test_lazyconfig_train_net_is_detectron2s_own_script():
     copy in this repository, and it has the train/test entry points the docs rely on."""
     script = lazyconfig_train_net().resolve()
     assert script.is_file(), script
-    # A venv may live inside the checkout (make test-main's .venv-main): only its
-    # site-packages are not ours.
-    ours = ROOT in script.parents and "site-packages" not in script.relative_to(ROOT).parts
+    # A venv may live inside the checkout (make test-main's .venv-main, with an editable
+    # Detectron2's tree in its src/): nothing inside a venv is ours.
+    in_venv = any((folder / "pyvenv.cfg").is_file() for folder in script.parents)
+    ours = ROOT in script.parents and not in_venv
     assert not ours, f"{script} is a file of ms-rcnn, not Detectron2's"
     spec = importlib.util.spec_from_file_location("d2_lazyconfig_train_net", script)
     module = importlib.util.module_from_spec(spec)

@@ -41,12 +41,13 @@ def test_initialization():
     assert head.maskiou_conv1.weight.std().item() == pytest.approx((2 / 2304) ** 0.5, rel=0.05)
 
 
-def test_input_is_feature_then_maxpooled_mask():
+@pytest.mark.device
+def test_input_is_feature_then_maxpooled_mask(device):
     torch.manual_seed(0)
     head = MaskIoUHead(ShapeSpec(channels=2, height=4, width=4), num_classes=3,
-                       conv_dims=[5], fc_dims=[])  # fmt: skip
-    features = torch.randn(2, 2, 4, 4)
-    masks = torch.rand(2, 1, 8, 8)
+                       conv_dims=[5], fc_dims=[]).to(device)  # fmt: skip
+    features = torch.randn(2, 2, 4, 4, device=device)
+    masks = torch.rand(2, 1, 8, 8, device=device)
     # Independent max-pool: the max of each 2x2 block.
     pooled = masks.reshape(2, 1, 4, 2, 4, 2).amax(dim=(3, 5))
     x = torch.cat([features, pooled], 1)
@@ -73,10 +74,11 @@ def test_unknown_head_name_is_named():
         build_maskiou_head(cfg, ShapeSpec(channels=8, height=14, width=14))
 
 
-def test_loss_hand_computed():
-    pred = torch.tensor([[0.2, 0.9], [0.5, 0.1], [0.3, 0.3]], requires_grad=True)
-    classes = torch.tensor([1, 0, 1])
-    targets = torch.tensor([0.8, 0.0, 0.5])  # the second RoI has target 0: left out
+@pytest.mark.device
+def test_loss_hand_computed(device):
+    pred = torch.tensor([[0.2, 0.9], [0.5, 0.1], [0.3, 0.3]], device=device, requires_grad=True)
+    classes = torch.tensor([1, 0, 1], device=device)
+    targets = torch.tensor([0.8, 0.0, 0.5], device=device)  # the second RoI (target 0) is out
     # rows 0 and 2, column 1: ((0.9 - 0.8)^2 + (0.3 - 0.5)^2) / 2 * 0.5 = 0.0125
     loss = mask_iou_loss(pred, classes, targets)
     assert loss.item() == pytest.approx(0.0125)
@@ -94,25 +96,26 @@ def test_loss_without_positives_is_zero_and_connected():
     assert mask_iou_loss(empty, torch.zeros(0, dtype=torch.long), torch.zeros(0)).item() == 0
 
 
-def _instances(scores, classes):
+def _instances(scores, classes, device="cpu"):
     inst = Instances((10, 10))
-    inst.scores = torch.tensor(scores)
-    inst.pred_classes = torch.tensor(classes)
+    inst.scores = torch.tensor(scores, dtype=torch.float32, device=device)
+    inst.pred_classes = torch.tensor(classes, dtype=torch.int64, device=device)
     return inst
 
 
-def test_inference_splits_per_image_and_rescores():
-    images = [_instances([0.9, 0.6, 0.3], [0, 1, 1]), _instances([], []),
-              _instances([0.8], [2])]  # fmt: skip
-    images[1].scores = images[1].scores.float()
-    images[1].pred_classes = images[1].pred_classes.long()
-    pred = torch.tensor([[0.5, 9, 9], [9, 1.4, 9], [9, -0.2, 9], [9, 9, 0.25]])
+@pytest.mark.device
+def test_inference_splits_per_image_and_rescores(device):
+    images = [_instances([0.9, 0.6, 0.3], [0, 1, 1], device), _instances([], [], device),
+              _instances([0.8], [2], device)]  # fmt: skip
+    pred = torch.tensor([[0.5, 9, 9], [9, 1.4, 9], [9, -0.2, 9], [9, 9, 0.25]], device=device)
     mask_iou_inference(pred, images)
-    torch.testing.assert_close(images[0].pred_maskiou, torch.tensor([0.5, 1.0, 0.0]))
-    torch.testing.assert_close(images[0].mask_scores, torch.tensor([0.45, 0.6, 0.0]))
+    assert images[0].mask_scores.device == pred.device
+    close = lambda a, b: torch.testing.assert_close(a.cpu(), torch.tensor(b))  # noqa: E731
+    close(images[0].pred_maskiou, [0.5, 1.0, 0.0])
+    close(images[0].mask_scores, [0.45, 0.6, 0.0])
     assert len(images[1].mask_scores) == 0
-    torch.testing.assert_close(images[2].mask_scores, torch.tensor([0.2]))
-    torch.testing.assert_close(images[0].scores, torch.tensor([0.9, 0.6, 0.3]))  # untouched
+    close(images[2].mask_scores, [0.2])
+    close(images[0].scores, [0.9, 0.6, 0.3])  # untouched
 
 
 def test_inference_unclamped_and_overwrite():

@@ -87,18 +87,22 @@ def disk(h, w, cx, cy, r):
     return (xx + 0.5 - cx) ** 2 + (yy + 0.5 - cy) ** 2 <= r * r
 
 
-def run(pred_cells_list, inst_list, num_classes=1, **kw):
-    """Class-agnostic logits (+4 / -4) from a list of (M, M) bool cells."""
+def run(pred_cells_list, inst_list, num_classes=1, device="cpu", **kw):
+    """Class-agnostic logits (+4 / -4) from a list of (M, M) bool cells, on `device` with the
+    instances (as in training, where Detectron2 moves them there); the targets on the CPU."""
     cells = torch.from_numpy(np.stack(pred_cells_list)).float()
-    logits = (cells * 8 - 4)[:, None].repeat(1, num_classes, 1, 1)
-    return mask_iou_targets(logits, inst_list, **kw)
+    logits = (cells * 8 - 4)[:, None].repeat(1, num_classes, 1, 1).to(device)
+    out = mask_iou_targets(logits, [inst.to(device) for inst in inst_list], **kw)
+    assert out.device == logits.device
+    return out.cpu()
 
 
 # ----------------------------------------------------------------------------- brute force
 
 
+@pytest.mark.device
 @pytest.mark.parametrize("fmt", ["bitmask", "polygon"])
-def test_matches_brute_force_k1(fmt):
+def test_matches_brute_force_k1(fmt, device):
     """Integer boxes of side M (one pixel per cell): every quantity is exact -> tolerance 1e-5."""
     h, w, m = 100, 80, 28
     rng = np.random.default_rng(0)
@@ -115,7 +119,7 @@ def test_matches_brute_force_k1(fmt):
     dense = np.stack([raster(p, h, w) for p in gts])
     masks = dense if fmt == "bitmask" else gts
     pred = [rng.random((m, m)) < p for p in (0.3, 0.6, 0.9, 0.5)]
-    out = run(pred, [make_instances((h, w), boxes, masks)])
+    out = run(pred, [make_instances((h, w), boxes, masks)], device=device)
     pad = 30  # brute force on a zero-padded canvas so the out-of-image part of a box counts
     for i, (box, gt) in enumerate(zip(boxes, dense)):
         gt_pad = np.pad(gt, pad)
@@ -123,8 +127,9 @@ def test_matches_brute_force_k1(fmt):
         assert out[i].item() == pytest.approx(expected, abs=1e-5), i
 
 
+@pytest.mark.device
 @pytest.mark.parametrize("fmt", ["bitmask", "polygon"])
-def test_matches_brute_force_k2(fmt):
+def test_matches_brute_force_k2(fmt, device):
     """Boxes of side 2M: a GT edge crossing a 2x2 block rounds that cell; block_bound() turns
     the number of such blocks into the tolerance. Block-aligned shapes must match exactly."""
     h, w, m = 64, 96, 28
@@ -136,7 +141,8 @@ def test_matches_brute_force_k2(fmt):
     boxes = [[0, 0, 56, 56], [30, 6, 86, 62]]
     dense = np.stack([raster(p, h, w) for p in polys])
     pred = [rng.random((m, m)) < 0.6, rng.random((m, m)) < 0.4]
-    out = run(pred, [make_instances((h, w), boxes, dense if fmt == "bitmask" else polys)])
+    masks = dense if fmt == "bitmask" else polys
+    out = run(pred, [make_instances((h, w), boxes, masks)], device=device)
     for i in range(2):
         expected, tol = block_bound(pred[i], boxes[i], dense[i])
         assert tol < 0.15  # the bound is informative, not vacuous
@@ -162,7 +168,8 @@ def test_polygon_non_rectilinear_brute_force():
         assert out[i].item() == pytest.approx(expected, abs=0.03), i
 
 
-def test_hand_computed():
+@pytest.mark.device
+def test_hand_computed(device):
     """M = 4, image 8x8, box [0, 0, 4, 4] (one pixel per cell).
     GT: rows 1-2, cols 2-5 -> whole area 8; inside the box cols 2-3 -> 4, so r = 4/8 = 0.5.
     Pred: rows 1-2, cols 1-3 -> P = 6.  Crop: rows 1-2, cols 2-3 -> G_in = 4.  I = 4.
@@ -172,12 +179,12 @@ def test_hand_computed():
     gt[0, 1:3, 2:6] = True
     logits = torch.full((1, 1, 4, 4), -3.0)
     logits[0, 0, 1:3, 1:4] = 3.0
-    out = mask_iou_targets(logits, [make_instances((8, 8), [[0, 0, 4, 4]], gt)])
-    assert out.tolist() == pytest.approx([0.4])
+    logits = logits.to(device)
+    out = mask_iou_targets(logits, [make_instances((8, 8), [[0, 0, 4, 4]], gt).to(device)])
+    assert out.device == logits.device and out.tolist() == pytest.approx([0.4])
     polys = [[[2, 1, 6, 1, 6, 3, 2, 3]]]
-    assert mask_iou_targets(logits, [make_instances((8, 8), [[0, 0, 4, 4]], polys)]).tolist() == (
-        pytest.approx([0.4])
-    )
+    inst = make_instances((8, 8), [[0, 0, 4, 4]], polys).to(device)
+    assert mask_iou_targets(logits, [inst]).tolist() == pytest.approx([0.4])
 
 
 # ----------------------------------------------------------------------------- area ratios
@@ -321,7 +328,8 @@ def test_class_channel_selection():
     assert mask_iou_targets(agnostic, inst).tolist() == [0.5, 1.0]
 
 
-def test_multiple_images_and_empty():
+@pytest.mark.device
+def test_multiple_images_and_empty(device):
     h, w, m = 40, 50, 8
     rng = np.random.default_rng(5)
     imgs = []
@@ -331,16 +339,18 @@ def test_multiple_images_and_empty():
             gt[j] = disk(h, w, *rng.uniform(10, 35, 2), 8)
         xy = rng.integers(0, 30, (n, 2))
         boxes = np.concatenate([xy, xy + rng.integers(5, 20, (n, 2))], 1).tolist()
-        imgs.append(make_instances((h, w), boxes, gt, classes=rng.integers(0, 4, n).tolist()))
-    logits = torch.randn(6, 4, m, m)
+        inst = make_instances((h, w), boxes, gt, classes=rng.integers(0, 4, n).tolist())
+        imgs.append(inst.to(device))
+    logits = torch.randn(6, 4, m, m, device=device)
     out = mask_iou_targets(logits, imgs)
     per_image = [mask_iou_targets(logits[:3], imgs[:1]), mask_iou_targets(logits[3:4], imgs[2:3])]
     per_image.append(mask_iou_targets(logits[4:], imgs[3:]))
     assert torch.equal(out, torch.cat(per_image))
     assert out.dtype == torch.float32 and out.shape == (6,)
     # Empty: no images, only empty images, zero-RoI logits.
-    assert mask_iou_targets(torch.zeros(0, 4, m, m), []).shape == (0,)
-    assert mask_iou_targets(torch.zeros(0, 4, m, m), [imgs[1], imgs[1]]).shape == (0,)
+    empty = torch.zeros(0, 4, m, m, device=device)
+    assert mask_iou_targets(empty, []).shape == (0,)
+    assert mask_iou_targets(empty, [imgs[1], imgs[1]]).device == empty.device
 
 
 @pytest.mark.parametrize("fmt", ["bitmask", "polygon"])
@@ -377,11 +387,14 @@ def test_zero_targets_without_nan():
     assert mask_iou_targets(logits, [inst]).tolist() == [0.0, 0.0]
 
 
-def test_no_grad_device_dtype():
+@pytest.mark.device
+@pytest.mark.parametrize("fmt", ["bitmask", "polygon"])
+def test_no_grad_device_dtype(fmt, device):
     gt = np.zeros((1, 8, 8), bool)
     gt[0, 2:6, 2:6] = True
-    logits = torch.randn(1, 1, 4, 4, dtype=torch.float64, requires_grad=True)
-    out = mask_iou_targets(logits, [make_instances((8, 8), [[0, 0, 8, 8]], gt)])
+    masks = gt if fmt == "bitmask" else [[[2, 2, 6, 2, 6, 6, 2, 6]]]
+    logits = torch.randn(1, 1, 4, 4, dtype=torch.float64, device=device, requires_grad=True)
+    out = mask_iou_targets(logits, [make_instances((8, 8), [[0, 0, 8, 8]], masks).to(device)])
     assert not out.requires_grad and out.dtype == torch.float32 and out.device == logits.device
 
 

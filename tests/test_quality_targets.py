@@ -230,12 +230,13 @@ def test_negative_targets_by_hand():
     assert expected == pytest.approx(256 / 1024)
 
 
+@pytest.mark.device
 @pytest.mark.parametrize("target,fmt", [("mask_iou", "bitmask"), ("min", "polygon")])
-def test_training_step_with_negatives(target, fmt):
+def test_training_step_with_negatives(target, fmt, device):
     from conftest import make_batch, tiny_cfg
     from detectron2.modeling import build_model
 
-    cfg = tiny_cfg("MaskScoringROIHeads", mask_format=fmt)
+    cfg = tiny_cfg("MaskScoringROIHeads", mask_format=fmt, device=device)
     cfg.MODEL.ROI_MASKIOU_HEAD.NEGATIVE_ROIS_PER_IMAGE = 3
     cfg.MODEL.ROI_MASKIOU_HEAD.TARGET = target
     torch.manual_seed(0)

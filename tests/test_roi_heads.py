@@ -17,8 +17,9 @@ MS_LOSSES = {
 }  # fmt: skip
 
 
-def ms_model(**overrides):
-    cfg = tiny_cfg("MaskScoringROIHeads", mask_format=overrides.pop("mask_format", "polygon"))
+def ms_model(device="cpu", **overrides):
+    cfg = tiny_cfg("MaskScoringROIHeads", mask_format=overrides.pop("mask_format", "polygon"),
+                   device=device)  # fmt: skip
     for key, value in overrides.items():
         node = cfg
         *path, last = key.split(".")
@@ -42,9 +43,10 @@ def train_losses(model, batch):
     return losses, storage
 
 
+@pytest.mark.device
 @pytest.mark.parametrize("mask_format", ["polygon", "bitmask"])
-def test_loss_keys_values_and_metrics(mask_format):
-    model = ms_model(mask_format=mask_format)
+def test_loss_keys_values_and_metrics(mask_format, device):
+    model = ms_model(device, mask_format=mask_format)
     captured = {}
     model.roi_heads.maskiou_head.register_forward_hook(
         lambda mod, inp, out: captured.update(pred=out, mask=inp[1])
@@ -62,8 +64,9 @@ def test_loss_keys_values_and_metrics(mask_format):
     assert pred.shape[1] == 3
 
 
-def test_zero_positive_batch_keeps_keys_and_graph():
-    model = ms_model()
+@pytest.mark.device
+def test_zero_positive_batch_keeps_keys_and_graph(device):
+    model = ms_model(device)
     batch = without_instances(without_instances(make_batch(), 0), 1)
     losses, _ = train_losses(model, batch)
     assert set(losses) == MS_LOSSES
@@ -109,8 +112,9 @@ def infer(model, batch, **kwargs):
         return [o["instances"] for o in model(batch, **kwargs)]
 
 
-def test_inference_fields_and_per_image_split():
-    model = ms_model(**{"MODEL.ROI_HEADS.SCORE_THRESH_TEST": 0.0})
+@pytest.mark.device
+def test_inference_fields_and_per_image_split(device):
+    model = ms_model(device, **{"MODEL.ROI_HEADS.SCORE_THRESH_TEST": 0.0})
     batch = make_batch(num_instances=(2, 1, 3))
     outputs = infer(model, batch)
     counts = [len(x) for x in outputs]
@@ -125,8 +129,9 @@ def test_inference_fields_and_per_image_split():
         torch.testing.assert_close(alone.pred_maskiou, out.pred_maskiou, atol=1e-5, rtol=1e-4)
 
 
-def test_zero_detections():
-    model = ms_model(**{"MODEL.ROI_HEADS.SCORE_THRESH_TEST": 1.0})
+@pytest.mark.device
+def test_zero_detections(device):
+    model = ms_model(device, **{"MODEL.ROI_HEADS.SCORE_THRESH_TEST": 1.0})
     outputs = infer(model, make_batch())
     for out in outputs:
         assert len(out) == 0 and out.has("mask_scores") and out.has("pred_maskiou")

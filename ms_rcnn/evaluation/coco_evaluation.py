@@ -5,9 +5,10 @@
 - segm AP ranks detections by `mask_scores` (= scores * pred_maskiou) while bbox AP keeps
   `scores`, as the official code does; a model without `mask_scores` (plain
   Mask R-CNN) is evaluated exactly like the stock evaluator;
-- when Detectron2 was built without compiled ops, it evaluates with faster-coco-eval if that is
-  installed, else with pycocotools' COCOeval, instead of failing on `COCOeval_opt` (same
-  numbers either way; see `cocoeval_backend.py`);
+- it picks the COCOeval itself and logs which and why: Detectron2's compiled `COCOeval_opt`
+  when the build has compiled ops, else faster-coco-eval if installed, else pycocotools'
+  COCOeval, instead of failing on `COCOeval_opt` (same numbers either way; see
+  `cocoeval_backend.py`);
 - it adds a `boundary` task, Boundary AP ranked like segm (see `boundary.py`), when `segm` is
   evaluated and faster-coco-eval is installed;
 - it adds a mask-quality calibration report (see `calibration.py`) under
@@ -35,9 +36,9 @@ from .calibration import (
     summarize_calibration,
 )
 from .cocoeval_backend import (
+    choose_coco_backend,
     compiled_coco_eval_available,
     fast_coco_eval_backend,
-    faster_coco_eval_available,
 )
 
 __all__ = ["MaskScoringCOCOEvaluator", "build_ms_rcnn_evaluator", "compiled_coco_eval_available"]
@@ -105,21 +106,11 @@ class MaskScoringCOCOEvaluator(COCOEvaluator):
                 f"segm_score_field must be one of {sorted(JSON_SCORE_KEYS)}, "
                 f"got {segm_score_field!r}"
             )
-        self._faster_coco_eval = False
-        if use_fast_impl and not compiled_coco_eval_available():
-            if faster_coco_eval_available():
-                logger.info(
-                    "Detectron2 has no compiled ops: evaluating with faster-coco-eval (the same "
-                    "numbers as pycocotools' COCOeval)."
-                )
-                self._faster_coco_eval = True
-            else:
-                logger.info(
-                    "Detectron2 has no compiled ops: evaluating with pycocotools' official "
-                    "COCOeval (use_fast_impl=False); the numbers are the official ones, only "
-                    "slower (`pip install faster-coco-eval` for a faster one)."
-                )
-                use_fast_impl = False
+        backend, why = choose_coco_backend(use_fast_impl)
+        logger.info(f"COCO evaluation backend: {backend} ({why}).")
+        self._coco_backend = backend
+        self._faster_coco_eval = backend == "faster-coco-eval"
+        use_fast_impl = backend != "pycocotools"
         # With faster-coco-eval chosen here, the parent must not decide: Detectron2 main turns
         # use_fast_impl off (and logs a fallback) when its compiled COCOeval is missing. Both
         # versions read `_use_fast_impl` only when evaluating, inside fast_coco_eval_backend.

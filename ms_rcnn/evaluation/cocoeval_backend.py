@@ -1,8 +1,9 @@
 """Which COCOeval runs: Detectron2's compiled one, faster-coco-eval's, or pycocotools'.
 
 Detectron2's `COCOEvaluator(use_fast_impl=True)` uses `COCOeval_opt`, which needs Detectron2's
-compiled ops; the pure-Python build ms-rcnn installs has none, so the stock evaluator would fall
-back to pycocotools' pure-Python `COCOeval` (3-6x slower, see docs/BENCHMARKS.md). When the
+compiled ops; a build with them (`make setup DETECTRON2_SRC=...`) uses it. The pure-Python
+stand-in build has none, so the stock evaluator would fall back to pycocotools' pure-Python
+`COCOeval` (3-6x slower, see docs/BENCHMARKS.md). `choose_coco_backend` says which and why. When the
 `faster-coco-eval` package (C++ wheels on PyPI, `pip install faster-coco-eval`) is installed,
 `MaskScoringCOCOEvaluator` uses it instead, on Detectron2 v0.6 and main alike (main's
 `COCOEvaluator` would turn `use_fast_impl` off when `COCOeval_opt` fails to import; the
@@ -12,8 +13,14 @@ twelve summary numbers and the whole precision array).
 
 import contextlib
 import importlib.util
+from typing import Tuple
 
-__all__ = ["compiled_coco_eval_available", "faster_coco_eval_available", "fast_coco_eval_backend"]
+__all__ = [
+    "choose_coco_backend",
+    "compiled_coco_eval_available",
+    "faster_coco_eval_available",
+    "fast_coco_eval_backend",
+]
 
 
 def compiled_coco_eval_available() -> bool:
@@ -31,6 +38,25 @@ def compiled_coco_eval_available() -> bool:
 
 def faster_coco_eval_available() -> bool:
     return importlib.util.find_spec("faster_coco_eval") is not None
+
+
+def choose_coco_backend(use_fast_impl: bool = True) -> Tuple[str, str]:
+    """Which COCOeval evaluates, and why: ("detectron2" | "faster-coco-eval" | "pycocotools",
+    a sentence for the log). All three give the same numbers; they differ in speed only."""
+    if not use_fast_impl:
+        return "pycocotools", "use_fast_impl=False asks for pycocotools' official COCOeval"
+    if compiled_coco_eval_available():
+        return "detectron2", "Detectron2 has compiled ops: its C++ COCOeval_opt"
+    if faster_coco_eval_available():
+        return "faster-coco-eval", (
+            "Detectron2 has no compiled ops (so no COCOeval_opt) and faster-coco-eval is "
+            "installed: the same numbers as pycocotools' COCOeval, faster"
+        )
+    return "pycocotools", (
+        "Detectron2 has no compiled ops (so no COCOeval_opt) and faster-coco-eval is not "
+        "installed: pycocotools' official COCOeval (use_fast_impl=False); the same numbers, only "
+        "slower (`pip install faster-coco-eval` for a faster one)"
+    )
 
 
 def faster_cocoeval_class():

@@ -346,7 +346,7 @@ def _polygon_area_ratio(polygons: List[List[np.ndarray]], boxes: torch.Tensor) -
     # in numpy: these arrays are small and torch's CPU thread pool only adds overhead here.
     parts = [p for per_roi in polygons for p in per_roi]
     if not parts:
-        return torch.zeros(num, dtype=torch.float64)
+        return torch.zeros(num, dtype=torch.float64, device="cpu")  # as the numpy path below
     parts_per_roi = np.array([len(per_roi) for per_roi in polygons], dtype=np.int64)
     verts_per_part = np.array([len(p) // 2 for p in parts], dtype=np.int64)
     xy = np.concatenate(parts).astype(np.float64, copy=False).reshape(-1, 2)

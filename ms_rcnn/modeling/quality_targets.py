@@ -77,13 +77,15 @@ def _gt_contour_ratio(inst: Instances) -> torch.Tensor:
             first = np.arange(len(gt_masks))
         rendered = {int(i): polygons_to_bitmask(gt_masks.polygons[i], height, width) for i in first}
         keys = sorted(rendered)
-        masks = torch.from_numpy(np.stack([rendered[k] for k in keys]))
+        # Rasterized on the CPU (numpy), then on the boxes' device like the bitmask branch.
+        masks = torch.from_numpy(np.stack([rendered[k] for k in keys])).to(boxes.device)
         position = {k: j for j, k in enumerate(keys)}
         if inst.has("gt_index"):
             by_gt = {int(inst.gt_index[k]): position[k] for k in keys}
-            index = torch.tensor([by_gt[int(g)] for g in inst.gt_index.tolist()])
+            by_roi = [by_gt[int(g)] for g in inst.gt_index.tolist()]
+            index = torch.tensor(by_roi, device=boxes.device)
         else:
-            index = torch.arange(len(gt_masks))
+            index = torch.arange(len(gt_masks), device=boxes.device)
     else:
         raise TypeError(f"gt_masks is {type(gt_masks).__name__}; expected BitMasks or PolygonMasks")
     used, which = torch.unique(index, return_inverse=True)
