@@ -202,10 +202,12 @@ def build_with(installer, monkeypatch, tmp_path, sdist):
     def pip(*args):
         if args[0] == "download":
             shutil.copy(sdist, args[args.index("-d") + 1])
-        else:
+        elif args[0] == "wheel":  # the build step: it sees the extracted, patched source
             src = Path(args[-1])
             seen.update({str(p.relative_to(src)): p.stat().st_mode & 0o7777
                          for p in src.rglob("*") if p.is_file()})  # fmt: skip
+            Path(args[args.index("-w") + 1], "detectron2-0.6-py3-none-any.whl").write_bytes(b"")
+        # uninstall / install of that wheel: nothing to do here
 
     monkeypatch.setattr(installer, "pip", pip)
     monkeypatch.setattr(installer, "pinned_version", lambda: "0.6")
