@@ -52,10 +52,15 @@ $(STAMPS)/package: setup.py pyproject.toml constraints.txt $(STAMPS)/detectron2
 # without compiled ops; the stamp follows the checkout's files, so a new commit reinstalls it.
 # The plain detectron2 step after it then finds a working Detectron2 and keeps it.
 ifneq ($(DETECTRON2_SRC),)
-$(STAMPS)/detectron2: $(STAMPS)/detectron2-source
+$(STAMPS)/detectron2: $(STAMPS)/detectron2-source $(STAMPS)/timm
 
 $(STAMPS)/detectron2-source: $(STAMPS)/detectron2-source-id $(STAMPS)/torch
 	$(PY) scripts/install_detectron2.py --source $(DETECTRON2_SRC)
+	@touch $@
+
+# ViTDet's ViT backbone (Detectron2 main) imports timm, which Detectron2 does not declare.
+$(STAMPS)/timm: constraints.txt $(STAMPS)/torch
+	$(PIP) install -c constraints.txt timm
 	@touch $@
 
 $(STAMPS)/detectron2-source-id: FORCE
@@ -81,10 +86,11 @@ test: lint
 
 # The whole suite and tools/train_net.py's train -> kill -> --resume -> eval cycle, against
 # the Detectron2 checkout DETECTRON2_SRC, in its own venv (VENV_MAIN, set up like `make setup`).
+# The tests read projects' configs (ViTDet) from that checkout through $DETECTRON2_SRC.
 test-main:
 	@test -n "$(DETECTRON2_SRC)" || { echo "usage: make test-main DETECTRON2_SRC=path/to/detectron2 [VENV_MAIN=$(VENV_MAIN)]"; exit 2; }
 	$(MAKE) setup VENV=$(VENV_MAIN) DETECTRON2_SRC=$(abspath $(DETECTRON2_SRC))
-	$(VENV_MAIN)/bin/python -m pytest $(PYTEST_ARGS)
+	DETECTRON2_SRC=$(abspath $(DETECTRON2_SRC)) $(VENV_MAIN)/bin/python -m pytest $(PYTEST_ARGS)
 	$(VENV_MAIN)/bin/python scripts/check_resume_cycle.py
 
 # Upstream's suite takes ~6 min on 2 cores; one thread per process keeps it from oversubscribing.

@@ -16,9 +16,7 @@ from ms_rcnn import add_mask_scoring
 from ms_rcnn.evaluation import MaskScoringCOCOEvaluator
 from ms_rcnn.model_zoo import get_detectron2_config
 
-_recipe = get_detectron2_config(
-    "projects/ViTDet/configs/COCO/cascade_mask_rcnn_vitdet_b_100ep.py"
-)
+_recipe = get_detectron2_config("projects/ViTDet/configs/COCO/cascade_mask_rcnn_vitdet_b_100ep.py")
 dataloader = _recipe.dataloader
 lr_multiplier = _recipe.lr_multiplier
 model = _recipe.model
