@@ -318,6 +318,20 @@ def test_config_is_the_recipe_with_mask_scoring_added(name):
         assert type(norm) is NaiveSyncBatchNorm and norm._stats_mode == "N"
 
 
+@needs_vit
+def test_demo_twins_differ_only_in_mask_scoring():
+    """configs/demo's ViTDet arms (docs/RESULTS.md): the MS arm is the baseline (upstream's
+    ViTDet Mask R-CNN at demo scale) with add_mask_scoring, nothing else."""
+    demo = ROOT / "configs" / "demo"
+    base = LazyConfig.load(str(demo / "mask_rcnn_vitdet_tiny_demo.py"))
+    ours = LazyConfig.load(str(demo / "ms_rcnn_vitdet_tiny_demo.py"))
+    assert base.model.roi_heads._target_ is StandardROIHeads
+    assert ours.train.pop("output_dir") != base.train.pop("output_dir")
+    add_mask_scoring(base.model, fc_dims=[256, 256])
+    assert _text(_container(ours)) == _text(_container(base))
+    assert ours.model.roi_heads.maskiou_head.conv_norm == "LN"
+
+
 # ---------------------------------------------------------------- training on a tiny model
 
 CHANNELS = 16
