@@ -24,7 +24,9 @@ from .model_zoo import ConfigNotFoundError
 
 __all__ = [
     "CHECKOUT_ENV",
+    "Detectron2CheckoutNotFound",
     "Detectron2FeatureMissing",
+    "UpstreamConfigUnavailable",
     "detectron2_checkout",
     "get_detectron2_config",
     "get_detectron2_config_file",
@@ -52,8 +54,17 @@ REQUIREMENTS: List[Tuple[str, str, str]] = [
 ]
 
 
-class Detectron2FeatureMissing(ImportError):
+class UpstreamConfigUnavailable(Exception):
+    """A Detectron2 recipe this installation cannot provide (the two errors below); the
+    installer's smoke test skips the configs that raise it, which say why when used."""
+
+
+class Detectron2FeatureMissing(UpstreamConfigUnavailable, ImportError):
     """The installed Detectron2 lacks what a Detectron2 recipe needs (e.g. v0.6 and ViTDet)."""
+
+
+class Detectron2CheckoutNotFound(UpstreamConfigUnavailable, ConfigNotFoundError):
+    """A project's config (projects/...) with no Detectron2 checkout that has it."""
 
 
 def _installed_detectron2() -> str:
@@ -97,7 +108,7 @@ def get_detectron2_config_file(name: str) -> str:
     if name.startswith("projects/"):
         root = detectron2_checkout()
         if root is None:
-            raise ConfigNotFoundError(
+            raise Detectron2CheckoutNotFound(
                 f"Detectron2's {name} is in Detectron2's source tree, which the installed "
                 f"{_installed_detectron2()} does not include: set {CHECKOUT_ENV} to a Detectron2 "
                 "checkout (the one it was built from), e.g. "
@@ -110,7 +121,7 @@ def get_detectron2_config_file(name: str) -> str:
                 if os.environ.get(CHECKOUT_ENV)
                 else "the checkout of the installed Detectron2"
             )
-            raise ConfigNotFoundError(
+            raise Detectron2CheckoutNotFound(
                 f"Detectron2's {name} is not in {root} ({where}): point {CHECKOUT_ENV} at a "
                 "Detectron2 checkout that has it (its main branch)"
             )
