@@ -270,6 +270,12 @@ def test_vitdet_configs_without_vit_are_refused_naming_what_is_missing(name, wit
     assert isinstance(e.value, ImportError) and isinstance(e.value, UpstreamConfigUnavailable)
 
 
+def test_vitdet_configs_without_timm_are_refused_naming_it(monkeypatch):
+    monkeypatch.setattr(upstream, "_module_exists", lambda module: module != "timm")
+    with pytest.raises(Detectron2FeatureMissing, match="needs module timm: .*pip install timm"):
+        load("ms_rcnn_vitdet_b_100ep.py")
+
+
 def test_project_configs_need_a_checkout(monkeypatch, tmp_path):
     monkeypatch.setattr(upstream, "check_requirements", lambda name: None)
     monkeypatch.delenv(upstream.CHECKOUT_ENV, raising=False)

@@ -38,18 +38,27 @@ INSTALL_HINT = (
     "https://github.com/facebookresearch/detectron2; in ms-rcnn: make setup "
     "DETECTRON2_SRC=path/to/detectron2, see docs/INSTALL.md)"
 )
-# (config names starting with this, module they need, what it provides). Detectron2's version
+_NEWER = "which Detectron2 added after v0.6; the installed {installed} does not have it: " + (
+    INSTALL_HINT
+)
+# (config names starting with this, module they need, why and what to do). Detectron2's version
 # string did not change after v0.6 ("0.6" on main too), so what is there is checked instead.
 REQUIREMENTS: List[Tuple[str, str, str]] = [
     (
         "projects/ViTDet/",
         "detectron2.modeling.backbone.vit",
-        "the ViT backbone (ViT, SimpleFeaturePyramid, get_vit_lr_decay_rate)",
+        "the ViT backbone (ViT, SimpleFeaturePyramid, get_vit_lr_decay_rate), " + _NEWER,
     ),
     (
         "common/models/mask_rcnn_vitdet.py",
         "detectron2.modeling.backbone.vit",
-        "the ViT backbone (ViT, SimpleFeaturePyramid)",
+        "the ViT backbone (ViT, SimpleFeaturePyramid), " + _NEWER,
+    ),
+    (
+        "projects/ViTDet/",
+        "timm",
+        "timm, whose DropPath and Mlp Detectron2's ViT uses without declaring it: pip install "
+        "timm (make setup DETECTRON2_SRC=... installs it)",
     ),
 ]
 
@@ -82,12 +91,11 @@ def _module_exists(module: str) -> bool:
 
 def check_requirements(name: str) -> None:
     """Raise Detectron2FeatureMissing if the installed Detectron2 cannot run config `name`."""
-    for prefix, module, provides in REQUIREMENTS:
+    for prefix, module, why in REQUIREMENTS:
         if name.startswith(prefix) and not _module_exists(module):
+            why = why.format(installed=_installed_detectron2())
             raise Detectron2FeatureMissing(
-                f"Detectron2's config {name} needs {provides}, module {module}, which Detectron2 "
-                f"added after v0.6; the installed {_installed_detectron2()} does not have it: "
-                f"{INSTALL_HINT}"
+                f"Detectron2's config {name} needs module {module}: {why}"
             )
 
 
