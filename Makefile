@@ -76,7 +76,12 @@ $(STAMPS)/detectron2-options: FORCE
 # new commit rebuilds. Without it, whatever Detectron2 works is kept (setting it again later
 # rebuilds only if the source changed meanwhile).
 ifneq ($(DETECTRON2_SRC),)
-$(STAMPS)/detectron2: $(STAMPS)/detectron2-source-id
+$(STAMPS)/detectron2: $(STAMPS)/detectron2-source-id $(STAMPS)/timm
+
+# ViTDet's ViT backbone (Detectron2 main) imports timm, which Detectron2 does not declare.
+$(STAMPS)/timm: constraints.txt $(STAMPS)/torch
+	$(PIP) install -c constraints.txt timm
+	@touch $@
 
 $(STAMPS)/detectron2-source-id: FORCE
 	@mkdir -p $(STAMPS)
@@ -102,11 +107,12 @@ test: lint
 
 # The whole suite and tools/train_net.py's train -> kill -> --resume -> eval cycle, against
 # the Detectron2 checkout DETECTRON2_SRC, in its own venv (VENV_MAIN, set up like `make setup`).
+# The tests read projects' configs (ViTDet) from that checkout through $DETECTRON2_SRC.
 test-main:
 	@test -n "$(DETECTRON2_SRC)" || { echo "usage: make test-main DETECTRON2_SRC=path/to/detectron2 [VENV_MAIN=$(VENV_MAIN)]"; exit 2; }
 	$(MAKE) setup VENV=$(VENV_MAIN) DETECTRON2_SRC=$(abspath $(DETECTRON2_SRC))
 	$(VENV_MAIN)/bin/python -c "from ms_rcnn.env import version_text; print(version_text())"
-	$(VENV_MAIN)/bin/python -m pytest $(PYTEST_ARGS)
+	DETECTRON2_SRC=$(abspath $(DETECTRON2_SRC)) $(VENV_MAIN)/bin/python -m pytest $(PYTEST_ARGS)
 	$(VENV_MAIN)/bin/python scripts/check_resume_cycle.py
 
 # Upstream's suite takes ~6 min on 2 cores; one thread per process keeps it from oversubscribing.

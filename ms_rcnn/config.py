@@ -51,6 +51,9 @@ def _add_maskiou_head_config(cfg):
         "NUM_FC": 2,
         # Width of the hidden fully-connected layers.
         "FC_DIM": 1024,
+        # Normalization after each conv ("" none, as the paper; "GN", "BN", "SyncBN", ... as
+        # detectron2.layers.get_norm takes it), like ROI_MASK_HEAD.NORM for the mask head.
+        "NORM": "",
         # Weight of loss_maskiou = 0.5 * mean squared error over RoIs whose target IoU is > 0.
         "LOSS_WEIGHT": 1.0,
         # A predicted mask pixel counts as foreground for the IoU target when its logit is > this.

@@ -94,9 +94,15 @@ for path in sorted(glob.glob(os.path.join(root, "configs", "**", "*.yaml"), recu
         if "uses PointRend" not in str(e):
             raise
         print("SMOKE-WARNING", path, "skipped:", e, flush=True)
+from ms_rcnn.model_zoo.upstream import UpstreamConfigUnavailable
 for path in sorted(glob.glob(os.path.join(root, "configs", "lazy", "*.py"))):
     step("project-lazy", path)
-    LazyConfig.load(path)
+    try:
+        LazyConfig.load(path)
+    except UpstreamConfigUnavailable as e:
+        # A config on a Detectron2 recipe this build lacks (ViTDet on v0.6) or cannot find (a
+        # project's config without $DETECTRON2_SRC) says so when it is used; the rest runs.
+        print("SMOKE-WARNING", path, "skipped:", e, flush=True)
 
 from ms_rcnn.env import detectron2_line
 print(detectron2_line())

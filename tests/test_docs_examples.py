@@ -15,7 +15,7 @@ def test_doc_has_examples_for_every_section():
     assert len(BLOCKS) >= 6
     for used in ("add_ms_rcnn_config", "LazyConfig.load", "MaskScoringMixin", "trace_ms_rcnn",
                  "CascadeMaskScoringROIHeads", "merge_config_file",
-                 "mask_scoring_inputs"):  # fmt: skip
+                 "mask_scoring_inputs", "add_mask_scoring"):  # fmt: skip
         assert used in text, used
 
 

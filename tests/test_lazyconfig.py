@@ -23,6 +23,7 @@ from ms_rcnn import (
     MaskScoringROIHeads,
     SoftNMSFastRCNNOutputLayers,
 )
+from ms_rcnn.evaluation import MaskScoringCOCOEvaluator
 
 ROOT = Path(__file__).resolve().parent.parent
 LAZY = ROOT / "configs" / "lazy"
@@ -89,9 +90,12 @@ def _container(cfg):
     return OmegaConf.to_container(cfg, resolve=False)
 
 
-def test_ms_rcnn_config_is_detectron2s_with_only_the_roi_heads_changed():
+def test_ms_rcnn_config_is_detectron2s_with_only_the_roi_heads_and_evaluator_changed():
     ours = _container(load("ms_rcnn_R_50_FPN_1x.py"))
     theirs = _container(model_zoo.get_config("COCO-InstanceSegmentation/mask_rcnn_R_50_FPN_1x.py"))
+    # Detectron2's COCOEvaluator would rank segm results by `scores`, leaving mask scoring out.
+    assert ours["dataloader"]["evaluator"].pop("_target_") is MaskScoringCOCOEvaluator
+    theirs["dataloader"]["evaluator"].pop("_target_")
     ours_heads, theirs_heads = ours["model"].pop("roi_heads"), theirs["model"].pop("roi_heads")
     assert ours == theirs
     assert ours_heads.pop("maskiou_head")["_target_"] is MaskIoUHead

@@ -86,3 +86,31 @@ def test_a_pointrend_config_by_name_builds_in_a_fresh_process():
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert proc.stdout.strip() == "PointRendMaskScoringROIHeads"
+
+
+def test_a_source_tarball_as_detectron2_src_gives_its_projects(tmp_path, monkeypatch):
+    # CI builds Detectron2 main from a tarball (DETECTRON2_SRC=...tar.gz): the ViTDet configs
+    # must come from that same file. A tiny tarball shaped like upstream's `git archive`.
+    import io
+    import tarfile
+
+    from ms_rcnn.model_zoo.upstream import detectron2_checkout
+
+    tarball = tmp_path / "detectron2-main.tar.gz"
+    with tarfile.open(tarball, "w:gz") as tar:
+        for name, data in [
+            ("detectron2-main/setup.py", b"# setup\n"),
+            ("detectron2-main/projects/ViTDet/configs/COCO/x.py", b"a = 1\n"),
+        ]:
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+        link = tarfile.TarInfo("detectron2-main/projects/escape")
+        link.type, link.linkname = tarfile.SYMTYPE, "/etc/passwd"
+        tar.addfile(link)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    monkeypatch.setenv("DETECTRON2_SRC", str(tarball))
+    root = detectron2_checkout()
+    assert (root / "projects/ViTDet/configs/COCO/x.py").read_text() == "a = 1\n"
+    assert not (root / "projects/escape").exists() and not (root / "setup.py").exists()
+    assert detectron2_checkout() == root  # unpacked once, then reused

@@ -6,6 +6,8 @@
     cfg = model_zoo.get_config("COCO-InstanceSegmentation/ms_rcnn_R_50_FPN_1x.yaml")
 
 Every command's `--config-file` takes a path or such a name (`resolve_config_file`).
+`get_detectron2_config` loads Detectron2's own recipes (its model zoo's, and its projects' such
+as ViTDet from a checkout) for the LazyConfigs that build on them.
 """
 
 from .model_zoo import (
@@ -17,9 +19,19 @@ from .model_zoo import (
     merge_config_file,
     resolve_config_file,
 )
+from .upstream import (
+    Detectron2FeatureMissing,
+    detectron2_checkout,
+    get_detectron2_config,
+    get_detectron2_config_file,
+)
 
 __all__ = [
     "ConfigNotFoundError",
+    "Detectron2FeatureMissing",
+    "detectron2_checkout",
+    "get_detectron2_config",
+    "get_detectron2_config_file",
     "configs_root",
     "get_config",
     "get_config_file",

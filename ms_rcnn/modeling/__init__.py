@@ -8,6 +8,7 @@ Importing it registers the heads in Detectron2's registries (PointRend's heads r
 from .anchor_generator import MaskrcnnBenchmarkAnchorGenerator
 from .box_predictor import SoftNMSFastRCNNOutputLayers
 from .cascade import CascadeMaskScoringROIHeads
+from .lazy import add_mask_scoring
 from .mask_branch import MaskScoringInputs
 from .mask_scoring import MaskScoringMixin
 from .maskiou_head import (
@@ -35,6 +36,7 @@ __all__ = [
     "MaskScoringInputs",
     "MaskScoringROIHeads",
     "CascadeMaskScoringROIHeads",
+    "add_mask_scoring",
     "SoftNMSROIHeads",
     "SoftNMSFastRCNNOutputLayers",
     "MaskScoringRCNNWithTTA",

@@ -6,11 +6,11 @@ mask convs) concatenated with the predicted mask (M x M probabilities, M = 2S) m
 S x S.
 """
 
-from typing import List, Optional
+from typing import Callable, List, Optional, Union
 
 import torch
 from detectron2.config import configurable
-from detectron2.layers import Conv2d, ShapeSpec, cat
+from detectron2.layers import Conv2d, ShapeSpec, cat, get_norm
 from detectron2.structures import Instances
 from detectron2.utils.registry import Registry
 from torch import nn
@@ -41,7 +41,10 @@ class MaskIoUHead(nn.Module):
 
     With the paper's sizes: 257 x 14 x 14 -> 3 x conv(256) -> conv(256, stride 2) -> 7 x 7 ->
     FC 1024 -> FC 1024 -> FC num_classes. Every layer but the last has a ReLU; the output is
-    unbounded (the caller decides whether to clamp it).
+    unbounded (the caller decides whether to clamp it). With `conv_norm`, each conv is followed
+    by that normalization (before its ReLU) and has no bias, as in Detectron2's mask and box
+    heads; the fully-connected layers have none. Without it (the default, the paper's head) the
+    parameters and their checkpoint names are those of a head without the option.
     """
 
     @configurable
@@ -52,6 +55,7 @@ class MaskIoUHead(nn.Module):
         num_classes: int,
         conv_dims: List[int],
         fc_dims: List[int],
+        conv_norm: Union[str, Callable, None] = "",
     ):
         """
         Args:
@@ -59,6 +63,10 @@ class MaskIoUHead(nn.Module):
             num_classes: number of foreground classes; one IoU output per class.
             conv_dims: output channels of each 3x3 conv; the last conv has stride 2.
             fc_dims: widths of the hidden fully-connected layers.
+            conv_norm: normalization after each conv, as `detectron2.layers.get_norm` takes it:
+                "" or None for none, a name ("BN", "SyncBN", "GN", "LN" on Detectron2 versions
+                that have it, ...) or a callable from channels to a module (e.g. the LSJ
+                recipe's `NaiveSyncBatchNorm(c, stats_mode="N")`).
         """
         super().__init__()
         if input_shape.height != input_shape.width:
@@ -78,7 +86,10 @@ class MaskIoUHead(nn.Module):
         in_channels = input_shape.channels + 1  # RoI feature, then the pooled mask
         for k, out_channels in enumerate(conv_dims):
             stride = 2 if k == len(conv_dims) - 1 else 1
-            conv = Conv2d(in_channels, out_channels, 3, stride=stride, padding=1)
+            norm = _conv_norm(conv_norm, out_channels)
+            conv = Conv2d(
+                in_channels, out_channels, 3, stride=stride, padding=1, bias=norm is None, norm=norm
+            )
             self.add_module(f"maskiou_conv{k + 1}", conv)
             self.convs.append(conv)
             in_channels = out_channels
@@ -99,7 +110,8 @@ class MaskIoUHead(nn.Module):
         # for hidden FCs, and a small normal for the predictor so initial IoUs are near zero.
         for conv in self.convs:
             nn.init.kaiming_normal_(conv.weight, mode="fan_out", nonlinearity="relu")
-            nn.init.constant_(conv.bias, 0)
+            if conv.bias is not None:
+                nn.init.constant_(conv.bias, 0)
         for fc in self.fcs:
             nn.init.kaiming_uniform_(fc.weight, a=1)
             nn.init.constant_(fc.bias, 0)
@@ -114,6 +126,7 @@ class MaskIoUHead(nn.Module):
             "num_classes": cfg.MODEL.ROI_HEADS.NUM_CLASSES,
             "conv_dims": [head.CONV_DIM] * head.NUM_CONV,
             "fc_dims": [head.FC_DIM] * head.NUM_FC,
+            "conv_norm": head.NORM,
         }
 
     def forward(self, features: torch.Tensor, mask_probs: torch.Tensor) -> torch.Tensor:
@@ -152,6 +165,20 @@ class MaskIoUHead(nn.Module):
             raise ValueError(
                 f"MaskIoUHead got {features.shape[0]} RoI features but {mask_probs.shape[0]} masks"
             )
+
+
+def _conv_norm(norm, channels) -> Optional[nn.Module]:
+    """`get_norm(norm, channels)`, refusing an unknown name with the names this Detectron2 has
+    (v0.6 has no "LN": Detectron2 added it with ViTDet)."""
+    try:
+        return get_norm(norm, channels)
+    except KeyError:
+        raise ValueError(
+            f"MaskIoUHead conv_norm={norm!r} (MODEL.ROI_MASKIOU_HEAD.NORM) is not a norm of the "
+            'installed Detectron2\'s detectron2.layers.get_norm: use "" (none), BN, SyncBN, '
+            "naiveSyncBN, naiveSyncBN_N, FrozenBN, GN, or LN on Detectron2 after v0.6, or a "
+            "callable from channels to a module"
+        ) from None
 
 
 def build_maskiou_head(cfg, input_shape: ShapeSpec) -> nn.Module:
