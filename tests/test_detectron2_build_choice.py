@@ -7,6 +7,7 @@ replaced without `--force`. The real compiled build runs in CI's compiled-main l
 """
 
 import importlib.util
+import os
 from pathlib import Path
 
 import pytest
@@ -198,7 +199,11 @@ def test_make_passes_the_options(tmp_path):
     venv = tmp_path / "venv"
     cmd = ["make", "-n", "-C", str(root), f"VENV={venv}", "DETECTRON2_OPS=no",
            "DETECTRON2_EDITABLE=1", "DETECTRON2_REF=v0.6", "setup"]  # fmt: skip
-    out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
+    # Not the options of a make this test runs under (make test-main passes DETECTRON2_SRC on
+    # its command line, which reaches child makes through MAKEFLAGS).
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith(("MAKE", "MFLAGS", "DETECTRON2_"))}  # fmt: skip
+    out = subprocess.run(cmd, capture_output=True, text=True, check=True, env=env).stdout
     (line,) = [x for x in out.splitlines() if "install_detectron2.py" in x]
     assert line.split("install_detectron2.py")[1].split() == [
         "--ref", "v0.6", "--no-ops", "--editable"
