@@ -181,7 +181,8 @@ def setup(args):
     # Unlike Detectron2's, it keeps propagating: handlers set up by the caller still see it.
     setup_logger(cfg.OUTPUT_DIR, distributed_rank=comm.get_rank(), name="ms_rcnn").propagate = True
     logger.info("Using %s", config_source)
-    logger.info(f"ms-rcnn {__version__}; running on " + detectron2_line())
+    logger.info("Running on " + detectron2_line())
+    logger.info(f"ms-rcnn {__version__}")
     if cfg.MODEL.DEVICE == "cpu":
         # Tiny values (denormal floats) appear in weights and gradients as training goes on;
         # CPUs process them up to 100x slower, which made CPU steps grow from 0.5 s to 5 s.
