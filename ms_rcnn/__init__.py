@@ -18,51 +18,15 @@ except ImportError as e:
         "Detectron2 from an upstream git checkout. See docs/INSTALL.md."
     ) from e
 
-from . import model_zoo
+from . import model_zoo, modeling
 from .config import add_ms_rcnn_config
 from .model_zoo import merge_config_file
-from .modeling import (
-    ROI_MASKIOU_HEAD_REGISTRY,
-    CascadeMaskScoringROIHeads,
-    MaskIoUHead,
-    MaskrcnnBenchmarkAnchorGenerator,
-    MaskScoringInputs,
-    MaskScoringMixin,
-    MaskScoringRCNNWithTTA,
-    MaskScoringROIHeads,
-    SoftNMSFastRCNNOutputLayers,
-    SoftNMSROIHeads,
-    add_mask_scoring,
-    batched_soft_nms,
-    build_maskiou_head,
-    gt_mask_crops,
-    mask_iou_inference,
-    mask_iou_loss,
-    mask_iou_targets,
-    soft_nms,
-)
+from .modeling import *  # noqa: F403  (the model's public names: one list, modeling.__all__)
 
 __all__ = [
     "__version__",
     "model_zoo",
     "add_ms_rcnn_config",
     "merge_config_file",
-    "ROI_MASKIOU_HEAD_REGISTRY",
-    "MaskIoUHead",
-    "MaskrcnnBenchmarkAnchorGenerator",
-    "build_maskiou_head",
-    "mask_iou_targets",
-    "gt_mask_crops",
-    "mask_iou_loss",
-    "mask_iou_inference",
-    "MaskScoringMixin",
-    "MaskScoringInputs",
-    "MaskScoringROIHeads",
-    "CascadeMaskScoringROIHeads",
-    "add_mask_scoring",
-    "SoftNMSROIHeads",
-    "SoftNMSFastRCNNOutputLayers",
-    "MaskScoringRCNNWithTTA",
-    "soft_nms",
-    "batched_soft_nms",
+    *modeling.__all__,
 ]
