@@ -4,6 +4,7 @@ model, save, report."""
 import argparse
 import os
 import pickle
+import re
 import sys
 from pathlib import Path
 
@@ -55,16 +56,48 @@ def parse_args(argv=None):
     return parser.parse_args(argv)
 
 
+# What mmdetection's tools/model_converters/publish_model.py keeps of a training checkpoint.
+STRIP_COMMAND = (
+    "python -c \"import torch; c = torch.load('{path}', map_location='cpu', weights_only=False); "
+    "torch.save({{'meta': c.get('meta', {{}}), 'state_dict': c['state_dict']}}, 'stripped.pth')\""
+)
+
+
+def _runner_checkpoint_advice(path: str, module: str) -> str:
+    """What to do with a checkpoint that pickles objects of a training framework (an mmengine
+    Runner's message_hub, an optimizer's or a scheduler's state): only its meta and state_dict
+    are needed, and those are plain data."""
+    return (
+        f"{path} pickles objects of {module} (a training checkpoint: an mmengine Runner keeps its "
+        "message_hub, optimizer and schedulers in it). Strip it to meta and state_dict, as "
+        "mmdetection's tools/model_converters/publish_model.py does, in an environment where "
+        f"{module.split('.')[0]} imports:\n  " + STRIP_COMMAND.format(path=path) + "\nthen "
+        "convert stripped.pth (no --unsafe-load needed)"
+    )
+
+
+def _framework_global(message: str):
+    """The mmengine/mmcv/mmdet class a weights_only refusal names, if any."""
+    match = re.search(r"\b((?:mmengine|mmcv|mmdet)(?:\.\w+)+)", message)
+    return match.group(1) if match else None
+
+
 def load_peer_file(path: str, unsafe: bool = False):
     if not os.path.isfile(path):
         raise ConversionError(f"{path}: no such file")
     try:
         return torch.load(path, map_location="cpu", weights_only=not unsafe)
     except pickle.UnpicklingError as e:
+        framework = _framework_global(str(e))
+        if framework:
+            raise ConversionError(_runner_checkpoint_advice(path, framework)) from e
         raise ConversionError(
             f"{path}: torch.load(weights_only=True) refused it ({str(e).splitlines()[0]}). If you "
             "trust the file (downloaded from the publisher, sha256 checked), pass --unsafe-load"
         ) from e
+    except ModuleNotFoundError as e:
+        # Only with --unsafe-load: the pickle names a module this environment cannot import.
+        raise ConversionError(_runner_checkpoint_advice(path, e.name or str(e))) from e
     except (EOFError, RuntimeError) as e:
         raise ConversionError(f"{path}: not a readable torch checkpoint ({e})") from e
 

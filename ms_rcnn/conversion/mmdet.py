@@ -1,4 +1,4 @@
-"""mmdetection v2 checkpoints (caffe-style R-50/R-101 FPN Mask R-CNN and MS R-CNN) to Detectron2.
+"""mmdetection 2.x/3.x caffe-style R-50/R-101 FPN Mask R-CNN and MS R-CNN to Detectron2.
 
 mmdetection already puts the background last in its classifier and has no background rows
 elsewhere, uses BatchNorm eps 1e-5 like Detectron2, and the same box-delta and anchor order, so
@@ -6,8 +6,9 @@ the tensors are copied as they are; only the names change, and BatchNorm's num_b
 counters are left out. Names: docs/PUBLISHED_WEIGHTS.md.
 
 mmdetection's pytorch-style backbones (stride in the 3x3 conv, RGB input with a std) have the
-same tensor names but need another config; the checkpoint's meta["config"] says which style it
-is, and a pytorch-style one is refused rather than evaluated with the wrong stride and colours.
+same tensor names but need another config; the checkpoint's config text (meta["config"] from
+mmdetection 2.x, meta["cfg"] from mmengine's Runner in 3.x) says which style it is, and a
+pytorch-style one is refused rather than evaluated with the wrong stride and colours.
 """
 
 import re
@@ -76,27 +77,38 @@ def _rules():
 DROPS = [Drop(r".*\.num_batches_tracked", "BatchNorm step counter (FrozenBN has none)")]
 
 
+def _config_texts(meta: dict) -> dict:
+    """The config texts a checkpoint carries: mmdetection 2.x's runner saved it as
+    meta["config"], mmengine's Runner (mmdetection 3.x) as meta["cfg"]."""
+    return {key: meta[key] for key in ("config", "cfg") if isinstance(meta.get(key), str)}
+
+
 def check_mmdet_meta(meta: dict) -> list:
-    """Refuse a pytorch-style or RGB model named by meta["config"]; return notes for the report."""
-    config = meta.get("config")
-    if not isinstance(config, str):
+    """Refuse a pytorch-style or RGB model named by the checkpoint's config text (meta["config"]
+    or meta["cfg"]); return notes for the report."""
+    texts = _config_texts(meta)
+    if not texts:
         return [
-            "the checkpoint has no meta['config']: assumed caffe-style, BGR (check the file name)"
+            "the checkpoint has no meta['config'] or meta['cfg']: assumed caffe-style, BGR "
+            "(check the file name)"
         ]
-    problems = []
-    if re.search(r"style\s*=\s*['\"]pytorch['\"]", config):
-        problems.append(
-            "style='pytorch' (stride in the 3x3 conv; the configs here are caffe-style)"
-        )
-    if re.search(r"to_rgb\s*=\s*True", config):
-        problems.append("to_rgb=True (RGB input; the configs here take BGR)")
-    if problems:
-        raise ConversionError(
-            "mmdetection checkpoint's meta['config'] says " + " and ".join(problems) + ": only "
-            "the caffe-style models (…_caffe_fpn_…) have a config here"
-        )
-    version = meta.get("mmdet_version")
-    return [f"mmdet_version {version}, caffe-style BGR (from meta['config'])"] if version else []
+    for key, config in texts.items():
+        problems = []
+        if re.search(r"style\s*=\s*['\"]pytorch['\"]", config):
+            problems.append(
+                "style='pytorch' (stride in the 3x3 conv; the configs here are caffe-style)"
+            )
+        # to_rgb=True (2.x img_norm_cfg) and bgr_to_rgb=True (3.x data_preprocessor) alike.
+        if re.search(r"to_rgb\s*=\s*True", config):
+            problems.append("to_rgb=True (RGB input; the configs here take BGR)")
+        if problems:
+            raise ConversionError(
+                f"mmdetection checkpoint's meta['{key}'] says " + " and ".join(problems) + ": "
+                "only the caffe-style models (…_caffe_fpn_…) have a config here"
+            )
+    where = " and ".join(f"meta['{key}']" for key in texts)
+    versions = [f"{k} {meta[k]}" for k in ("mmdet_version", "mmengine_version") if meta.get(k)]
+    return [", ".join(versions + [f"caffe-style BGR (from {where})"])]
 
 
 def _drop_unused_maskiou_row(converted: Converted) -> None:
