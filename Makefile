@@ -11,6 +11,9 @@ PYTEST_ARGS ?=
 UPSTREAM_EXPECTED ?= tests/upstream/expected_failures_v0.6.txt
 DEMO_ITERS ?=
 DEMO_SEEDS ?= 1
+# make check-mmdet: its venv (on top of $(VENV)) and its arguments, e.g. MMDET_ARGS="--depths 50".
+MMDET_VENV ?= .venv-mmdet
+MMDET_ARGS ?=
 # Which Detectron2 `make setup` builds (scripts/install_detectron2.py; build matrix in
 # docs/DETECTRON2_VERSIONS.md). DETECTRON2_SRC: a checkout or source tarball to compile, e.g.
 # ../shared/detectron2/detectron2-main.tar.gz; without it, the pinned upstream commit of
@@ -28,7 +31,7 @@ VENV_MAIN ?= .venv-main
 # make test-upstream: Detectron2's own tests/, from a checkout, its tests/ or a source tarball.
 DETECTRON2_TESTS ?= $(DETECTRON2_SRC)
 
-.PHONY: setup test test-main test-upstream lint format demo demo-kudzu clean-venv help FORCE
+.PHONY: setup test test-main test-upstream lint format demo demo-kudzu check-mmdet clean-venv help FORCE
 
 help:
 	@echo "make setup   create $(VENV) with torch, Detectron2 and ms-rcnn (idempotent)"
@@ -43,6 +46,8 @@ help:
 	@echo "make test-upstream DETECTRON2_TESTS=path/to/detectron2[/tests] or source tarball"
 	@echo "             Detectron2's own tests against the installed one, vs $(UPSTREAM_EXPECTED)"
 	@echo "make format  apply ruff's fixes and formatting"
+	@echo "make check-mmdet [MMDET_ARGS=...]  converted weights vs mmdetection's own model"
+	@echo "             (sets up .venv-mmdet on $(VENV); compiles mmcv once, ~25 min)"
 
 setup: $(STAMPS)/package
 
@@ -128,6 +133,13 @@ KUDZU_ROOT ?= ../shared/data/kudzu
 demo-kudzu: setup
 	$(PY) tools/demo.py --arms kudzu_mask_rcnn kudzu_ms_rcnn --kudzu-root $(KUDZU_ROOT) \
 		--seeds $(DEMO_SEEDS) --output-dir output/kudzu $(if $(DEMO_ITERS),--iters $(DEMO_ITERS),)
+
+# mmdetection's own MS R-CNN vs the converted one, stage by stage (scripts/check_mmdet_parity.py;
+# figures in docs/PUBLISHED_WEIGHTS.md). Its own venv, layered on $(VENV); mmcv is compiled the
+# first time (~25 min on 2 cores, cached in ~/.cache/ms-rcnn). Not in CI: too slow to set up.
+check-mmdet: setup
+	$(PY) scripts/setup_mmdet_env.py --venv $(MMDET_VENV) --base $(VENV)
+	$(MMDET_VENV)/bin/python scripts/check_mmdet_parity.py $(MMDET_ARGS)
 
 clean-venv:
 	rm -rf $(VENV)

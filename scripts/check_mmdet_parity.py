@@ -1,0 +1,279 @@
+"""Does a converted mmdetection MS R-CNN predict what mmdetection predicts? Run `make check-mmdet`.
+
+For R-50 and R-101 caffe-style MS R-CNN, built from mmdetection's own config files: seeded random
+weights that detect (scripts/mmdet_parity_peer.py), saved as an mmdetection 3.x checkpoint,
+converted by `ms-rcnn-convert --source mmdet`, loaded strictly by ms-rcnn's MSRCNNPredictor. Both
+run real COCO photos (../shared/data/coco_tiny val2017) and one photo enlarged 2.5x, which the
+test resize shrinks (where PIL's antialiasing and cv2 differ most), in three ways:
+
+- same-tensor: Detectron2 gets mmdetection's preprocessed input tensor, so only the models differ;
+- resize=mmdet: each framework reads and resizes the file itself, ms-rcnn with INPUT.RESIZE_STYLE
+  "mmdet" (the converted configs' setting): the whole pipelines are compared;
+- resize=detectron2: the same with Detectron2's own PIL resize (what a plain Detectron2
+  pipeline does), reported to show what the switch changes, with no tolerance.
+
+Stages: input tensor, FPN (P2-P6), RPN proposals, detections (boxes, labels, class scores, mask
+scores = class score x IoU), pasted masks. Exit status 1 if a checked mode is out of tolerance.
+Runs only where mmdetection imports (scripts/setup_mmdet_env.py); not part of `make test`.
+"""
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import mmdet_parity_peer as peer  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+D2_CONFIG = "COCO-InstanceSegmentation/ms_rcnn_R_{depth}_FPN_1x_mmdet_caffe.yaml"
+# Tolerances of the checked modes (same-tensor, resize=mmdet). Float32 convolutions in two
+# implementations may differ in the last bits; boxes are compared in pixels.
+TOLERANCES = {
+    "input_max_abs": 0.0,  # pixel levels: the same decode and resize give the same bytes
+    "fpn_max_rel": 1e-5,  # max |diff| / max |value|, over P2-P6
+    "proposal_box_px": 1e-3,  # the 1000 proposals, in rank order
+    "box_px": 1e-3,  # detections at the original size, matched in rank order
+    "score_abs": 1e-5,  # class score and mask score
+    "mask_pixel_frac": 1e-3,  # differing pasted-mask pixels / mask pixels, over all detections
+}
+MODES = ("same-tensor", "resize=mmdet", "resize=detectron2")
+CHECKED = MODES[:2]
+
+
+def d2_predictor(depth: int, weights: str, style: str):
+    from ms_rcnn import MSRCNNPredictor
+    from ms_rcnn.model_zoo import get_config
+
+    cfg = get_config(D2_CONFIG.format(depth=depth))
+    cfg.MODEL.WEIGHTS = weights
+    cfg.MODEL.DEVICE = "cpu"
+    cfg.INPUT.RESIZE_STYLE = style
+    return MSRCNNPredictor(cfg)
+
+
+def d2_run(predictor, path: str, same: "peer.PeerStages" = None) -> dict:
+    """Detectron2's stages for one file, through the predictor's own resize; or, with `same`,
+    from mmdetection's preprocessed tensor. The end result is checked against predictor(image)."""
+    from detectron2.data.detection_utils import read_image
+    from detectron2.structures import ImageList
+
+    model = predictor.model
+    if same is None:
+        image = read_image(path, format=predictor.input_format)
+        height, width = image.shape[:2]
+        resized = predictor.aug.get_transform(image).apply_image(image)
+        tensor = torch.as_tensor(resized.astype("float32").transpose(2, 0, 1))
+        batched = [{"image": tensor, "height": height, "width": width}]
+        images = model.preprocess_image(batched)
+    else:
+        batched = [{"height": same.original_size[0], "width": same.original_size[1]}]
+        images = ImageList(same.inputs[None], [same.image_size])
+    with torch.no_grad():
+        features = model.backbone(images.tensor)
+        proposals, _ = model.proposal_generator(images, features, None)
+        results, _ = model.roi_heads(images, features, proposals, None)
+        final = model._postprocess(results, batched, images.image_sizes)[0]["instances"]
+        if same is None:
+            whole = predictor(image)["instances"]
+            for key in ("pred_boxes", "scores", "mask_scores", "pred_masks"):
+                a, b = final.get(key), whole.get(key)
+                a, b = (a.tensor, b.tensor) if key == "pred_boxes" else (a, b)
+                if not torch.equal(a, b):
+                    raise RuntimeError(f"stage-by-stage run differs from the predictor in {key}")
+    h, w = images.image_sizes[0]
+    return {
+        "inputs": images.tensor[0],
+        "image_size": (h, w),
+        "features": [features[k][0] for k in ("p2", "p3", "p4", "p5", "p6")],
+        "proposal_boxes": proposals[0].proposal_boxes.tensor,
+        "proposal_scores": proposals[0].objectness_logits.sigmoid(),
+        "boxes": final.pred_boxes.tensor,
+        "labels": final.pred_classes,
+        "class_scores": final.scores,
+        "mask_scores": final.mask_scores,
+        "masks": final.pred_masks,
+    }
+
+
+def compare(theirs: "peer.PeerStages", ours: dict) -> dict:
+    """Stage-by-stage differences; detections are compared in rank order (both sort by class
+    score), so a reordering shows as a box difference, not hidden by matching."""
+    out = {"size_mmdet": list(theirs.image_size), "size_d2": list(ours["image_size"])}
+    if theirs.inputs.shape == ours["inputs"].shape:
+        diff = (theirs.inputs - ours["inputs"]).abs()
+        out["input_max_abs"] = float(diff.max())
+        out["input_frac_differing"] = float((diff > 0).float().mean())
+    else:
+        out["input_max_abs"] = float("inf")
+    rel = 0.0
+    for a, b in zip(theirs.features, ours["features"]):
+        if a.shape != b.shape:
+            rel = float("inf")
+            break
+        rel = max(rel, float((a - b).abs().max() / a.abs().max().clamp(min=1e-12)))
+    out["fpn_max_rel"] = rel
+    out["proposals"] = [len(theirs.proposal_boxes), len(ours["proposal_boxes"])]
+    n = min(out["proposals"])
+    out["proposal_box_px"] = _max_abs(theirs.proposal_boxes[:n], ours["proposal_boxes"][:n])
+    out["detections"] = [len(theirs.boxes), len(ours["boxes"])]
+    n = min(out["detections"])
+    out["box_px"] = _max_abs(theirs.boxes[:n], ours["boxes"][:n])
+    out["labels_equal"] = int((theirs.labels[:n] == ours["labels"][:n]).sum())
+    out["class_score_abs"] = _max_abs(theirs.class_scores[:n], ours["class_scores"][:n])
+    out["mask_score_abs"] = _max_abs(theirs.mask_scores[:n], ours["mask_scores"][:n])
+    out["matched_1px"] = _matched(theirs, ours)
+    a, b = theirs.masks[:n].bool(), ours["masks"][:n].bool()
+    if a.shape == b.shape:
+        out["mask_pixels_differing"] = int((a ^ b).sum())
+        out["mask_pixels"] = int((a | b).sum())
+        out["masks_differing"] = int((a ^ b).flatten(1).any(1).sum()) if n else 0
+    return out
+
+
+def _max_abs(a, b) -> float:
+    return float((a - b).abs().max()) if len(a) else 0.0
+
+
+def _matched(theirs, ours) -> int:
+    """How many of mmdetection's detections have a Detectron2 detection of the same class within
+    1 px on every coordinate (in any order): the overlap when the rank-order check fails."""
+    if not len(theirs.boxes) or not len(ours["boxes"]):
+        return 0
+    close = (theirs.boxes[:, None, :] - ours["boxes"][None, :, :]).abs().amax(-1) <= 1.0
+    close &= theirs.labels[:, None] == ours["labels"][None, :]
+    return int(close.any(1).sum())
+
+
+def within_tolerance(row: dict) -> bool:
+    t = TOLERANCES
+    mask_frac = row.get("mask_pixels_differing", np.inf) / max(row.get("mask_pixels", 1), 1)
+    return (
+        row["input_max_abs"] <= t["input_max_abs"]
+        and row["fpn_max_rel"] <= t["fpn_max_rel"]
+        and row["proposals"][0] == row["proposals"][1]
+        and row["proposal_box_px"] <= t["proposal_box_px"]
+        and row["detections"][0] == row["detections"][1]
+        and row["labels_equal"] == row["detections"][0]
+        and row["box_px"] <= t["box_px"]
+        and max(row["class_score_abs"], row["mask_score_abs"]) <= t["score_abs"]
+        and mask_frac <= t["mask_pixel_frac"]
+    )
+
+
+def enlarged_photo(path: str, folder: str, factor: float = 2.5) -> str:
+    """A lossless PNG of the photo enlarged `factor` times, so the test resize shrinks it."""
+    from PIL import Image
+
+    image = Image.open(path).convert("RGB")
+    size = (round(image.width * factor), round(image.height * factor))
+    out = os.path.join(folder, Path(path).stem + f"_x{factor}.png")
+    image.resize(size, Image.Resampling.LANCZOS).save(out)
+    return out
+
+
+def convert(mmdet_file: str, out: str) -> None:
+    from ms_rcnn.conversion.cli import main as convert_main
+
+    if convert_main(["--source", "mmdet", mmdet_file, out]) != 0:
+        raise SystemExit(f"ms-rcnn-convert failed on {mmdet_file}")
+
+
+def check_depth(depth: int, args, images, calibration, folder) -> list:
+    started = time.perf_counter()
+    model, cfg, config_path = peer.build(depth, args.seed, calibration)
+    print(f"\n== R-{depth}: mmdetection's {os.path.relpath(config_path, REPO.parent)}")
+    mmdet_file = os.path.join(folder, f"mmdet_ms_rcnn_r{depth}.pth")
+    peer.save_checkpoint(model, cfg, mmdet_file)
+    converted = os.path.join(folder, f"converted_r{depth}.pth")
+    convert(mmdet_file, converted)
+    predictors = {
+        "resize=mmdet": d2_predictor(depth, converted, "mmdet"),
+        "resize=detectron2": d2_predictor(depth, converted, "detectron2"),
+    }
+    predictors["same-tensor"] = predictors["resize=mmdet"]
+    rows = []
+    for path in images:
+        theirs = peer.run(model, peer.preprocess(model, cfg, path))
+        for mode in MODES:
+            same = theirs if mode == "same-tensor" else None
+            row = compare(theirs, d2_run(predictors[mode], path, same))
+            row.update(depth=depth, image=os.path.basename(path), mode=mode)
+            row["pass"] = within_tolerance(row) if mode in CHECKED else None
+            rows.append(row)
+    print(f"R-{depth}: {len(images)} images x {len(MODES)} modes in "
+          f"{time.perf_counter() - started:.0f} s")  # fmt: skip
+    return rows
+
+
+def print_table(rows) -> None:
+    head = (
+        "| R | image | mode | input max|d| | FPN rel | proposals | prop. px | dets | "
+        "rank-order box px | labels | cls score | mask score | matched <=1px | "
+        "mask px differing | ok |"
+    )
+    print("\n" + head + "\n|" + "---|" * (head.count("|") - 1))
+    for r in rows:
+        masks = r.get("mask_pixels_differing")
+        ok = {True: "yes", False: "NO", None: "(info)"}[r["pass"]]
+        print(
+            f"| {r['depth']} | {r['image']} | {r['mode']} | {r['input_max_abs']:.3g} | "
+            f"{r['fpn_max_rel']:.2g} | {r['proposals'][0]}/{r['proposals'][1]} | "
+            f"{r['proposal_box_px']:.3g} | {r['detections'][0]}/{r['detections'][1]} | "
+            f"{r['box_px']:.3g} | {r['labels_equal']} | {r['class_score_abs']:.2g} | "
+            f"{r['mask_score_abs']:.2g} | {r['matched_1px']}/{r['detections'][0]} | "
+            f"{masks} of {r.get('mask_pixels')} | {ok} |"
+        )
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--depths", type=int, nargs="+", default=[50, 101], choices=[50, 101])
+    parser.add_argument(
+        "--data", default=os.environ.get("MS_RCNN_REAL_DATA", REPO.parent / "shared" / "data")
+    )
+    parser.add_argument("--images", type=int, default=6, help="val2017 photos to run")
+    parser.add_argument("--calibration-images", type=int, default=8)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--output", default=str(REPO / "output" / "mmdet_parity.json"))
+    args = parser.parse_args(argv)
+    root = Path(args.data) / "coco_tiny" / "images"
+    photos = sorted((root / "val2017").glob("*.jpg"))[: args.images]
+    calibration = [str(p) for p in sorted((root / "train2017").glob("*.jpg"))]
+    if not photos or not calibration:
+        sys.exit(f"no COCO photos under {root} (set --data or MS_RCNN_REAL_DATA)")
+    import detectron2
+    import mmcv
+    import mmdet
+
+    from ms_rcnn.env import detectron2_line
+
+    print(f"mmdet {mmdet.__version__}, mmcv {mmcv.__version__}; {detectron2_line()}")
+    torch.set_num_threads(os.cpu_count() or 1)
+    started = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="mmdet-parity-") as folder:
+        images = [str(p) for p in photos] + [enlarged_photo(str(photos[0]), folder)]
+        rows = []
+        for depth in args.depths:
+            rows += check_depth(depth, args, images, calibration[: args.calibration_images], folder)
+    print_table(rows)
+    failed = [r for r in rows if r["pass"] is False]
+    print(f"\nTolerances of the checked modes ({', '.join(CHECKED)}): {TOLERANCES}")
+    seconds = time.perf_counter() - started
+    print(f"{len(rows) - len(failed)} of {len(rows)} rows within tolerance or informational; "
+          f"{seconds:.0f} s in all; Detectron2 {detectron2.__version__}")  # fmt: skip
+    os.makedirs(os.path.dirname(args.output), exist_ok=True)
+    with open(args.output, "w") as f:
+        json.dump({"tolerances": TOLERANCES, "rows": rows}, f, indent=1)
+    print(f"Rows written to {args.output}")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
