@@ -158,7 +158,7 @@ class StyledResizeShortestEdge(T.ResizeShortestEdge):
     `ms_rcnn.config.RESIZE_STYLES`; see this module's docstring). Usable from a LazyConfig:
     ``L(StyledResizeShortestEdge)(short_edge_length=800, max_size=1333, style="mmdet")``.
 
-    With style "detectron2" it is `ResizeShortestEdge` itself. `interp` is the PIL filter of the
+    With style "detectron2" it behaves as `ResizeShortestEdge`. `interp` is the PIL filter of the
     "detectron2" and "maskrcnn-benchmark" styles; "mmdet" resizes with cv2 bilinear only.
     """
 
