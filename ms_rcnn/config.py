@@ -9,7 +9,9 @@ __all__ = [
     "add_ms_rcnn_config",
     "add_project_config",
     "check_pointrend_config",
+    "check_resize_style",
     "import_point_rend",
+    "RESIZE_STYLES",
     "uses_mask_scoring",
     "uses_pointrend",
 ]
@@ -29,7 +31,27 @@ def add_ms_rcnn_config(cfg):
     # from this config's: "error" (an error for --eval-only and predict, a warning when training
     # starts from it), "warn" (a warning everywhere) or "off". See ms_rcnn/weights_config.py.
     _set_default(cfg.MODEL, "WEIGHTS_CONFIG_CHECK", "error")
+    # How images are resized to the INPUT.MIN_SIZE_* / MAX_SIZE_* sizes, train and test:
+    # "detectron2" (Detectron2's ResizeShortestEdge), or the framework converted weights come from,
+    # so that they see the images their training saw: "mmdet" (mmcv's size rule, OpenCV
+    # bilinear) or "maskrcnn-benchmark" (its truncating size rule, PIL bilinear). See
+    # ms_rcnn/data/resize.py.
+    _set_default(cfg.INPUT, "RESIZE_STYLE", "detectron2")
     return cfg
+
+
+# The values of INPUT.RESIZE_STYLE; what each does is in ms_rcnn/data/resize.py.
+RESIZE_STYLES = ("detectron2", "mmdet", "maskrcnn-benchmark")
+
+
+def check_resize_style(style) -> str:
+    """Return `style` if it is one of RESIZE_STYLES, else raise a ValueError naming the key, the
+    value and the allowed values (raised where the config is set up or the resize is built,
+    rather than a failure deep inside the data loader)."""
+    if style not in RESIZE_STYLES:
+        allowed = ", ".join(repr(s) for s in RESIZE_STYLES)
+        raise ValueError(f"INPUT.RESIZE_STYLE={style!r} is not one of {allowed}")
+    return style
 
 
 def _set_default(node, key, value):

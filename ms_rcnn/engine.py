@@ -11,6 +11,7 @@ from collections import OrderedDict
 
 import torch
 from detectron2.config import get_cfg
+from detectron2.data import build_detection_test_loader, build_detection_train_loader
 from detectron2.engine import DefaultTrainer, TrainerBase, default_setup, hooks
 from detectron2.evaluation import verify_results
 from detectron2.layers import FrozenBatchNorm2d
@@ -20,12 +21,13 @@ from detectron2.utils.logger import setup_logger
 from . import data  # noqa: F401  (registers the synthetic_shapes datasets for YAML configs)
 from .checkpoint import MSRCNNCheckpointer
 from .config import add_ms_rcnn_config, check_pointrend_config
+from .data.resize import build_dataset_mapper, check_resize_config
 from .data.user_datasets import check_config_datasets, register_coco_from_args
 from .env import detectron2_line
 from .evaluation import build_ms_rcnn_evaluator, save_eval_results
 from .model_zoo import merge_config_file, resolve_config_file
 from .modeling.box_predictor import SoftNMSFastRCNNOutputLayers
-from .modeling.tta import MaskScoringRCNNWithTTA, check_tta_supported
+from .modeling.tta import MaskScoringRCNNWithTTA, check_tta_resize_style, check_tta_supported
 from .version import __version__
 
 __all__ = ["Trainer", "setup", "main", "freeze_all_but_maskiou"]
@@ -121,10 +123,22 @@ class Trainer(DefaultTrainer):
         check_soft_nms_supported(cfg, model)
         if cfg.TEST.AUG.ENABLED:  # refuse now, not after training when the TTA eval starts
             check_tta_supported(model)
+            check_tta_resize_style(cfg)
         if cfg.MODEL.ROI_MASKIOU_HEAD.TRAIN_ONLY_MASKIOU:
             n = freeze_all_but_maskiou(model)
             logger.info(f"TRAIN_ONLY_MASKIOU: training only the MaskIoU head ({n} parameters)")
         return model
+
+    # Detectron2's loaders with its DatasetMapper, whose resize follows INPUT.RESIZE_STYLE (with
+    # "detectron2" the mapper is exactly the one Detectron2 builds without a mapper argument).
+    @classmethod
+    def build_train_loader(cls, cfg):
+        return build_detection_train_loader(cfg, mapper=build_dataset_mapper(cfg, is_train=True))
+
+    @classmethod
+    def build_test_loader(cls, cfg, dataset_name):
+        mapper = build_dataset_mapper(cfg, is_train=False)
+        return build_detection_test_loader(cfg, dataset_name, mapper=mapper)
 
     @classmethod
     def build_evaluator(cls, cfg, dataset_name, output_folder=None):
@@ -174,6 +188,7 @@ def setup(args):
         )
     check_config_datasets(cfg, registered)
     check_pointrend_config(cfg)
+    check_resize_config(cfg)
     cfg.freeze()
     default_setup(cfg, args)
     # default_setup configures Detectron2's loggers only; ms-rcnn's (the evaluator's COCO backend

@@ -53,6 +53,24 @@ def test_add_config_is_idempotent_and_keeps_user_values():
     ms_rcnn.add_ms_rcnn_config(cfg)
     assert cfg.MODEL.ROI_MASKIOU_HEAD.LOSS_WEIGHT == 3.0
     assert "ROI_MASKIOU_HEAD" not in get_cfg().MODEL  # Detectron2's defaults stay untouched
+    assert "RESIZE_STYLE" not in get_cfg().INPUT
+
+
+def test_resize_style_defaults_to_detectron2_and_keeps_a_user_value():
+    cfg = ms_rcnn.add_ms_rcnn_config(get_cfg())
+    assert cfg.INPUT.RESIZE_STYLE == "detectron2"
+    cfg.INPUT.RESIZE_STYLE = "mmdet"
+    assert ms_rcnn.add_ms_rcnn_config(cfg).INPUT.RESIZE_STYLE == "mmdet"
+
+
+def test_only_the_converted_weights_configs_resize_like_their_framework():
+    """The peer bases' resize reaches every config built on them; all others keep Detectron2's."""
+    styles = {path.name: load(path).INPUT.RESIZE_STYLE for path in YAMLS}
+    peers = {n for n in styles if "mmdet" in n or "maskrcnn_benchmark" in n or "maskrcnn-b" in n}
+    assert len(peers) == 10  # the 2 bases and the R-50/R-101 MS/Mask R-CNN of each peer
+    for name, style in styles.items():
+        expected = "mmdet" if "mmdet" in name else "maskrcnn-benchmark" if name in peers else None
+        assert style == (expected or "detectron2"), name
 
 
 @pytest.mark.parametrize("prefix,minimum", [("ms_rcnn_", 4), ("cascade_ms_rcnn_", 2)])

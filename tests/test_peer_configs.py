@@ -31,9 +31,12 @@ COMMON = {"MODEL.WEIGHTS": "", "MODEL.ROI_MASKIOU_HEAD.CLAMP_PREDICTION": False}
 @pytest.mark.parametrize("depth", [50, 101])
 def test_mmdet_caffe_configs_are_the_current_ones(arch, depth):
     """mmdetection's caffe models run at Detectron2's defaults: pixel mean, BGR, ROIAlignV2,
-    anchors. Only the weights and the unclamped mask score (as mmdetection) differ."""
+    anchors. Only the weights, the unclamped mask score and the resize (as mmdetection) differ."""
     name = f"{arch}_R_{depth}_FPN_1x"
-    assert differences(f"{name}_mmdet_caffe.yaml", f"{name}.yaml") == COMMON
+    assert differences(f"{name}_mmdet_caffe.yaml", f"{name}.yaml") == {
+        **COMMON,
+        "INPUT.RESIZE_STYLE": "mmdet",
+    }
 
 
 @pytest.mark.parametrize("arch", ["ms_rcnn", "mask_rcnn"])
@@ -48,4 +51,5 @@ def test_maskrcnn_benchmark_configs_change_mean_anchors_and_roialign(arch, depth
         "MODEL.ROI_BOX_HEAD.POOLER_SAMPLING_RATIO": 2,
         "MODEL.ROI_MASK_HEAD.POOLER_TYPE": "ROIAlign",
         "MODEL.ROI_MASK_HEAD.POOLER_SAMPLING_RATIO": 2,
+        "INPUT.RESIZE_STYLE": "maskrcnn-benchmark",
     }

@@ -181,8 +181,9 @@ def convert_maskrcnn_benchmark(state) -> Converted:
     converted = apply_rules(state, _rules(), DROPS, "maskrcnn-benchmark")
     describe_architecture(converted)
     converted.notes.append(
-        "evaluate with the config below: maskrcnn-benchmark's pixel mean, rounded anchors and "
-        "non-aligned RoIAlign (sampling ratio 2); its '+1' box extents in RoIAlign and its mask "
+        "evaluate with the config below: maskrcnn-benchmark's pixel mean, rounded anchors, "
+        "non-aligned RoIAlign (sampling ratio 2) and truncating resize (INPUT.RESIZE_STYLE); "
+        "its '+1' box extents in RoIAlign and its mask "
         "paste are not emulated (docs/PUBLISHED_WEIGHTS.md: expected AP gap)"
     )
     return converted

@@ -135,7 +135,8 @@ def convert_mmdet(state, meta=None) -> Converted:
     converted.notes += notes
     converted.notes.append(
         "mmdetection's test-time settings are Detectron2's (RoIAlignV2, anchors with OFFSET 0, "
-        "BGR caffe mean); remaining differences: cv2 vs PIL resize (docs/PUBLISHED_WEIGHTS.md)"
+        "BGR caffe mean) except its cv2 resize, which the config below reproduces "
+        "(INPUT.RESIZE_STYLE mmdet; docs/MODEL_OPTIONS.md)"
     )
     if converted.num_classes != 80:
         converted.notes.append(f"{converted.num_classes} classes: not a COCO model")

@@ -8,12 +8,31 @@ same way and sets both fields, and honours `MODEL.ROI_MASKIOU_HEAD.OVERWRITE_SCO
 Soft-NMS (`TEST.SOFT_NMS.ENABLED`) is refused: the parent merges the augmentations with hard
 NMS, which would drop the overlapping detections Soft-NMS keeps (docs/DESIGN.md says why this
 does not merge with Soft-NMS instead).
+
+A config whose INPUT.RESIZE_STYLE is not "detectron2" is refused too (without a `tta_mapper` of
+one's own): Detectron2's TTA mapper resizes with Detectron2's rule and PIL, not the resize the
+converted weights were trained with.
 """
 
 import torch
 from detectron2.modeling import GeneralizedRCNNWithTTA
 
-__all__ = ["MaskScoringRCNNWithTTA", "check_tta_supported"]
+from ..config import check_resize_style
+
+__all__ = ["MaskScoringRCNNWithTTA", "check_tta_resize_style", "check_tta_supported"]
+
+
+def check_tta_resize_style(cfg) -> None:
+    """Raise ValueError if the config's INPUT.RESIZE_STYLE is not "detectron2" (or unknown):
+    Detectron2's DatasetMapperTTA would resize each augmentation with Detectron2's rule."""
+    style = check_resize_style(cfg.INPUT.get("RESIZE_STYLE", "detectron2"))
+    if style != "detectron2":
+        raise ValueError(
+            f"TEST.AUG.ENABLED=True with INPUT.RESIZE_STYLE={style!r}: Detectron2's test-time "
+            "augmentation (DatasetMapperTTA) resizes with Detectron2's own rule and PIL, not "
+            f"the {style} resize this config's weights expect. Turn TEST.AUG.ENABLED off, or set "
+            "INPUT.RESIZE_STYLE detectron2 to augment with Detectron2's resize anyway."
+        )
 
 
 def check_tta_supported(model) -> None:
@@ -34,10 +53,13 @@ class MaskScoringRCNNWithTTA(GeneralizedRCNNWithTTA):
     """GeneralizedRCNNWithTTA for models with MaskScoringROIHeads (same constructor).
 
     Raises:
-        ValueError: if the model runs Soft-NMS (`check_tta_supported`).
+        ValueError: if the model runs Soft-NMS (`check_tta_supported`), or without `tta_mapper`
+            if INPUT.RESIZE_STYLE is not "detectron2" (`check_tta_resize_style`).
     """
 
     def __init__(self, cfg, model, tta_mapper=None, batch_size=3):
+        if tta_mapper is None:
+            check_tta_resize_style(cfg)
         super().__init__(cfg, model, tta_mapper=tta_mapper, batch_size=batch_size)
         check_tta_supported(self.model)
 

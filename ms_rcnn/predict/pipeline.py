@@ -17,11 +17,11 @@ import numpy as np
 import torch
 from detectron2.config import get_cfg
 from detectron2.data import MetadataCatalog
-from detectron2.data import transforms as T
 from detectron2.modeling import build_model
 
 from ..checkpoint import MSRCNNCheckpointer, checkpoint_num_classes, read_checkpoint
 from ..config import add_ms_rcnn_config, check_pointrend_config, uses_mask_scoring
+from ..data.resize import build_predictor_resize, check_resize_config
 from ..data.user_datasets import register_coco_datasets
 from ..model_zoo import ConfigNotFoundError, merge_config_file, resolve_config_file
 from .results import coco_results
@@ -178,6 +178,7 @@ def predict_config(config_file: str, opts: Sequence[str], confidence_threshold: 
         merge_config_file(cfg, config_file)  # with PointRend's keys when the file needs them
         cfg.merge_from_list(list(opts))
         check_pointrend_config(cfg)
+        check_resize_config(cfg)
     except ImportError as e:  # a package the config needs (PointRend, ...) is not installed
         package = f" ({e.name})" if e.name else ""
         raise InputError(
@@ -310,8 +311,8 @@ def dataset_image_ids(meta, images: Sequence[str]) -> Optional[dict[str, int]]:
 
 class BatchPredictor:
     """What `DefaultPredictor` does, for a list of images per forward pass: resize to the
-    test size (INPUT.MIN_SIZE_TEST / MAX_SIZE_TEST), run the model, return instances at the
-    images' own size.
+    test size (INPUT.MIN_SIZE_TEST / MAX_SIZE_TEST, resized as INPUT.RESIZE_STYLE says), run
+    the model, return instances at the images' own size.
 
     Images of different sizes in one batch are zero-padded to a common size; with GroupNorm
     in the backbone the padding can shift scores slightly, as in Detectron2's batched
@@ -321,9 +322,7 @@ class BatchPredictor:
     def __init__(self, cfg, model):
         self.model = model
         self.input_format = cfg.INPUT.FORMAT
-        self.resize = T.ResizeShortestEdge(
-            [cfg.INPUT.MIN_SIZE_TEST, cfg.INPUT.MIN_SIZE_TEST], cfg.INPUT.MAX_SIZE_TEST
-        )
+        self.resize = build_predictor_resize(cfg)
 
     def __call__(self, images_rgb: Sequence[np.ndarray]) -> list:
         inputs = []
