@@ -48,8 +48,8 @@ CHECKED = MODES[:2]
 
 
 def d2_predictor(depth: int, weights: str, style: str):
-    from ms_rcnn import MSRCNNPredictor
     from ms_rcnn.model_zoo import get_config
+    from ms_rcnn.predict.predictor import MSRCNNPredictor
 
     cfg = get_config(D2_CONFIG.format(depth=depth))
     cfg.MODEL.WEIGHTS = weights
@@ -188,7 +188,7 @@ def convert(mmdet_file: str, out: str) -> None:
 def check_depth(depth: int, args, images, calibration, folder) -> list:
     started = time.perf_counter()
     model, cfg, config_path = peer.build(depth, args.seed, calibration)
-    print(f"\n== R-{depth}: mmdetection's {os.path.relpath(config_path, REPO.parent)}")
+    print(f"\n== R-{depth}: mmdetection's own {config_path.split('.mim/')[-1]}")
     mmdet_file = os.path.join(folder, f"mmdet_ms_rcnn_r{depth}.pth")
     peer.save_checkpoint(model, cfg, mmdet_file)
     converted = os.path.join(folder, f"converted_r{depth}.pth")

@@ -5,6 +5,7 @@ Imported only in the environment scripts/setup_mmdet_env.py makes (mmdet, mmcv, 
 """
 
 import copy
+import logging
 import os
 from dataclasses import dataclass
 from typing import List
@@ -34,6 +35,8 @@ def build(depth: int, seed: int, calibration_images: List[str]):
     from mmdet.utils import register_all_modules
 
     register_all_modules()
+    # mmengine logs every parameter's initialiser at INFO: hundreds of lines, none needed here.
+    logging.getLogger("mmengine").setLevel(logging.WARNING)
     cfg, path = mmdet_config(depth)
     torch.manual_seed(seed)
     model = MODELS.build(cfg.model)
