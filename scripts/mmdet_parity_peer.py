@@ -33,10 +33,11 @@ def build(depth: int, seed: int, calibration_images: List[str]):
     on photos) and class scores above the 0.05 test threshold for some boxes."""
     from mmdet.registry import MODELS
     from mmdet.utils import register_all_modules
+    from mmengine.logging import MMLogger
 
     register_all_modules()
     # mmengine logs every parameter's initialiser at INFO: hundreds of lines, none needed here.
-    logging.getLogger("mmengine").setLevel(logging.WARNING)
+    MMLogger.get_current_instance().setLevel(logging.WARNING)
     cfg, path = mmdet_config(depth)
     torch.manual_seed(seed)
     model = MODELS.build(cfg.model)
