@@ -47,7 +47,7 @@ help:
 	@echo "             Detectron2's own tests against the installed one, vs $(UPSTREAM_EXPECTED)"
 	@echo "make format  apply ruff's fixes and formatting"
 	@echo "make check-mmdet [MMDET_ARGS=...]  converted weights vs mmdetection's own model"
-	@echo "             (sets up .venv-mmdet on $(VENV); compiles mmcv once, ~25 min)"
+	@echo "             (sets up .venv-mmdet on $(VENV); compiles mmcv once, 15-25 min)"
 
 setup: $(STAMPS)/package
 
@@ -136,7 +136,7 @@ demo-kudzu: setup
 
 # mmdetection's own MS R-CNN vs the converted one, stage by stage (scripts/check_mmdet_parity.py;
 # figures in docs/PUBLISHED_WEIGHTS.md). Its own venv, layered on $(VENV); mmcv is compiled the
-# first time (~25 min on 2 cores, cached in ~/.cache/ms-rcnn). Not in CI: too slow to set up.
+# first time (15-25 min on 2 cores, cached in ~/.cache/ms-rcnn). Not in CI: too slow to set up.
 check-mmdet: setup
 	$(PY) scripts/setup_mmdet_env.py --venv $(MMDET_VENV) --base $(VENV)
 	$(MMDET_VENV)/bin/python scripts/check_mmdet_parity.py $(MMDET_ARGS)

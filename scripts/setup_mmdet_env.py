@@ -3,7 +3,7 @@
 A venv of its own (default .venv-mmdet) that sees the project venv's packages (torch, Detectron2,
 ms-rcnn) through a .pth line, plus mmdetection, mmengine and mmcv at the versions pinned in
 constraints.txt. mmcv publishes no wheel for this torch, so its sdist is compiled here with the
-CPU ops (about 25 minutes on 2 cores) and the wheel is cached, keyed by the torch version it was
+CPU ops (15-25 minutes on 2 cores) and the wheel is cached, keyed by the torch version it was
 built against, so a second setup installs in seconds. Two fixes are applied to the sdist, each for
 a reason given where it is applied. Re-running with nothing changed does nothing.
 
@@ -103,7 +103,7 @@ def build_mmcv(python: Path, version: str, cache: Path, jobs: int) -> Path:
         source = tmp / f"mmcv-{version}"
         patch_mmcv_setup(source)
         env = {**os.environ, "MMCV_WITH_OPS": "1", "FORCE_CUDA": "0", "MAX_JOBS": str(jobs)}
-        print(f"Compiling mmcv {version} with CPU ops ({jobs} jobs; about 25 min on 2 cores)")
+        print(f"Compiling mmcv {version} with CPU ops ({jobs} jobs; 15-25 min on 2 cores)")
         run(python, "-m", "pip", "wheel", "--no-build-isolation", "--no-deps", source,
             "-w", cache, env=env)  # fmt: skip
     (wheel,) = cache.glob(f"mmcv-{version}-*.whl")

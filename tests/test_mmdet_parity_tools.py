@@ -1,6 +1,7 @@
 """The pieces of `make check-mmdet` that run without mmdetection: the mmcv build fix, the pins it
-reads, and the comparison that decides whether a row is within tolerance (the run itself needs
-mmcv compiled, ~25 min, so it is not in the suite; its figures are in docs/PUBLISHED_WEIGHTS.md)."""
+reads, and the comparison that decides whether a row is within tolerance. The run itself needs
+mmcv compiled (15-25 min), so it is not in the suite; its figures are in
+docs/PUBLISHED_WEIGHTS.md."""
 
 import sys
 from pathlib import Path
