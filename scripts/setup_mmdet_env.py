@@ -45,14 +45,14 @@ def run(*cmd, **kwargs):
     subprocess.run([str(c) for c in cmd], check=True, **kwargs)
 
 
-def purelib(python: Path) -> str:
-    out = subprocess.run(
-        [str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
-        check=True,
-        capture_output=True,
-        text=True,
-    )
+def python_says(python: Path, code: str) -> str:
+    """What `python -c code` prints (for the venvs' paths and versions)."""
+    out = subprocess.run([str(python), "-c", code], check=True, capture_output=True, text=True)
     return out.stdout.strip()
+
+
+def purelib(python: Path) -> str:
+    return python_says(python, "import sysconfig; print(sysconfig.get_paths()['purelib'])")
 
 
 def make_venv(venv: Path, base: Path) -> Path:
@@ -64,16 +64,6 @@ def make_venv(venv: Path, base: Path) -> Path:
     line = f"import site; site.addsitedir({purelib(base / 'bin' / 'python')!r})\n"
     (Path(purelib(python)) / "ms_rcnn_base_venv.pth").write_text(line)
     return python
-
-
-def torch_version(python: Path) -> str:
-    out = subprocess.run(
-        [str(python), "-c", "import torch; print(torch.__version__)"],
-        check=True,
-        capture_output=True,
-        text=True,
-    )
-    return out.stdout.strip()
 
 
 def patch_mmcv_setup(source: Path) -> None:
@@ -125,7 +115,7 @@ def main(argv=None) -> int:
     if not (args.base / "bin" / "python").exists():
         sys.exit(f"{args.base}: no project venv there (run `make setup` first)")
     python = make_venv(args.venv.resolve(), args.base.resolve())
-    torch = torch_version(python)
+    torch = python_says(python, "import torch; print(torch.__version__)")
     versions = {name: pinned(name) for name in ("mmdet", "mmcv", "mmengine")}
     state = json.dumps({"torch": torch, "base": str(args.base.resolve()), **versions})
     stamp = args.venv / ".ms_rcnn_mmdet_stamp"
