@@ -100,6 +100,17 @@ def test_identical_stages_pass_and_each_kind_of_difference_fails():
     assert not parity.within_tolerance(parity.compare(theirs, ours))
 
 
+def test_proposals_compare_as_a_set_so_tied_scores_in_another_order_pass():
+    theirs = _stages()
+    ours = _ours(theirs)
+    ours["proposal_boxes"] = ours["proposal_boxes"][torch.tensor([2, 0, 1])]
+    row = parity.compare(theirs, ours)
+    assert row["proposals_moved"] == 3 and row["proposal_box_px"] == 0.0
+    assert parity.within_tolerance(row)
+    ours["proposal_scores"] = ours["proposal_scores"] * 0.9  # another score is not a reordering
+    assert not parity.within_tolerance(parity.compare(theirs, ours))
+
+
 def test_reordered_detections_fail_rank_order_but_still_count_as_matched():
     theirs = _stages()
     ours = _ours(theirs)
