@@ -127,7 +127,7 @@ def _drop_unused_maskiou_row(converted: Converted) -> None:
 
 
 def convert_mmdet(state, meta=None) -> Converted:
-    """Convert an mmdetection v2 state dict (no `module.` prefix), checking its meta first."""
+    """Convert an mmdetection 2.x or 3.x state dict (no `module.` prefix), checking its meta."""
     notes = check_mmdet_meta(meta or {})
     converted = apply_rules(state, _rules(), DROPS, "mmdet")
     _drop_unused_maskiou_row(converted)
