@@ -10,6 +10,7 @@ __all__ = [
     "add_project_config",
     "check_pointrend_config",
     "check_resize_style",
+    "config_resize_style",
     "import_point_rend",
     "RESIZE_STYLES",
     "uses_mask_scoring",
@@ -52,6 +53,11 @@ def check_resize_style(style) -> str:
         allowed = ", ".join(repr(s) for s in RESIZE_STYLES)
         raise ValueError(f"INPUT.RESIZE_STYLE={style!r} is not one of {allowed}")
     return style
+
+
+def config_resize_style(cfg) -> str:
+    """INPUT.RESIZE_STYLE, checked; "detectron2" for a config without ms-rcnn's keys."""
+    return check_resize_style(cfg.INPUT.get("RESIZE_STYLE", "detectron2"))
 
 
 def _set_default(node, key, value):

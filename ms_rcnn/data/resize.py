@@ -32,7 +32,7 @@ from detectron2.data import detection_utils as utils
 from detectron2.data import transforms as T
 from PIL import Image
 
-from ..config import check_resize_style
+from ..config import check_resize_style, config_resize_style
 
 __all__ = [
     "CV2ResizeTransform",
@@ -211,11 +211,6 @@ def resize_shortest_edge(
     if check_resize_style(style) == "detectron2":
         return T.ResizeShortestEdge(short_edge_length, max_size, sample_style)
     return StyledResizeShortestEdge(short_edge_length, max_size, sample_style, style=style)
-
-
-def config_resize_style(cfg) -> str:
-    """INPUT.RESIZE_STYLE, checked; "detectron2" for a config without ms-rcnn's keys."""
-    return check_resize_style(cfg.INPUT.get("RESIZE_STYLE", "detectron2"))
 
 
 def build_resize_augmentation(cfg, is_train: bool) -> T.ResizeShortestEdge:

@@ -17,7 +17,7 @@ converted weights were trained with.
 import torch
 from detectron2.modeling import GeneralizedRCNNWithTTA
 
-from ..config import check_resize_style
+from ..config import config_resize_style
 
 __all__ = ["MaskScoringRCNNWithTTA", "check_tta_resize_style", "check_tta_supported"]
 
@@ -25,7 +25,7 @@ __all__ = ["MaskScoringRCNNWithTTA", "check_tta_resize_style", "check_tta_suppor
 def check_tta_resize_style(cfg) -> None:
     """Raise ValueError if the config's INPUT.RESIZE_STYLE is not "detectron2" (or unknown):
     Detectron2's DatasetMapperTTA would resize each augmentation with Detectron2's rule."""
-    style = check_resize_style(cfg.INPUT.get("RESIZE_STYLE", "detectron2"))
+    style = config_resize_style(cfg)
     if style != "detectron2":
         raise ValueError(
             f"TEST.AUG.ENABLED=True with INPUT.RESIZE_STYLE={style!r}: Detectron2's test-time "
