@@ -289,6 +289,11 @@ def print_table(rows) -> None:
         )
 
 
+# The stages print_summary reports by their worst image.
+TABLE_MAXIMA = ("input_max_abs", "fpn_max_rel", "proposal_box_px", "box_px", "class_score_abs",
+                "mask_score_abs")  # fmt: skip
+
+
 def print_summary(rows) -> None:
     """One line per depth and mode, over all images: the worst difference of each stage, and
     the detections and mask pixels in total."""
@@ -319,10 +324,6 @@ def print_summary(rows) -> None:
                 f"{max(worst['class_score_abs'], worst['mask_score_abs']):.2g} | "
                 f"{differing} of {pixels} | {matched}/{dets} | {ok} |"
             )
-
-
-TABLE_MAXIMA = ("input_max_abs", "fpn_max_rel", "proposal_box_px", "box_px", "class_score_abs",
-                "mask_score_abs")  # fmt: skip
 
 
 def main(argv=None) -> int:

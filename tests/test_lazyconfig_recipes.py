@@ -13,7 +13,6 @@ import argparse
 import importlib.util
 import json
 import re
-from pathlib import Path
 
 import pytest
 import torch
@@ -22,7 +21,7 @@ from detectron2.config import LazyConfig, instantiate
 from detectron2.layers import NaiveSyncBatchNorm, ShapeSpec
 from detectron2.modeling.roi_heads import CascadeROIHeads, StandardROIHeads
 from omegaconf import OmegaConf
-from test_lazyconfig import lazyconfig_train_net
+from test_lazyconfig import LAZY, ROOT, lazyconfig_train_net
 
 import ms_rcnn.model_zoo.upstream as upstream
 from ms_rcnn import (
@@ -39,8 +38,6 @@ from ms_rcnn.model_zoo import (
 )
 from ms_rcnn.model_zoo.upstream import Detectron2CheckoutNotFound, UpstreamConfigUnavailable
 
-ROOT = Path(__file__).resolve().parent.parent
-LAZY = ROOT / "configs" / "lazy"
 HAS_VIT = upstream._module_exists("detectron2.modeling.backbone.vit")
 needs_vit = pytest.mark.skipif(
     not HAS_VIT, reason="Detectron2 v0.6 has no ViT backbone: ViTDet needs Detectron2 main"
