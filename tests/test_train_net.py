@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import assert_same_eval_results
 
 ROOT = Path(__file__).resolve().parent.parent
 TINY = [
@@ -50,7 +51,21 @@ def test_train_then_evaluate_ms_rcnn(tmp_path):
         flags=["--eval-only"],
     )  # fmt: skip
     rerun = json.loads((again / "eval_results.json").read_text())
-    assert rerun == results
+    assert_same_eval_results(rerun, results)
+
+
+def test_eval_results_comparison_tolerates_rounding_only():
+    want = {"results": {"segm": {"AP": 41.5, "APl": None}, "calibration": {"mae": 0.0242627333}}}
+    rounded = {"results": {"segm": {"AP": 41.5, "APl": None}, "calibration": {"mae": 0.0242627334}}}
+    assert_same_eval_results(rounded, want)
+    for wrong in (
+        {"results": {"segm": {"AP": 41.6, "APl": None}, "calibration": {"mae": 0.0242627333}}},
+        {"results": {"segm": {"AP": 41.5, "APl": 0.0}, "calibration": {"mae": 0.0242627333}}},
+        {"results": {"segm": {"AP": 41.5, "APl": None}, "calibration": {"mae": 0.0243}}},
+        {"results": {"segm": {"AP": 41.5, "APl": None}}},
+    ):
+        with pytest.raises(AssertionError):
+            assert_same_eval_results(wrong, want)
 
 
 def test_missing_config_file_is_named(tmp_path):
