@@ -60,7 +60,7 @@ $(STAMPS)/torch: constraints.txt $(STAMPS)/venv
 	@touch $@
 
 $(STAMPS)/detectron2: scripts/install_detectron2.py scripts/detectron2_patches.py \
-		scripts/detectron2_sources.py scripts/detectron2_smoke.py constraints.txt \
+		scripts/detectron2_sources.py scripts/detectron2_smoke.py scripts/pins.py constraints.txt \
 		$(STAMPS)/torch $(STAMPS)/detectron2-options
 	$(PY) scripts/install_detectron2.py $(D2_ARGS)
 	@touch $@

@@ -44,7 +44,6 @@ import tarfile
 import tempfile
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
-CONSTRAINTS = ROOT / "constraints.txt"
 SDIST_NAME = "pb1-detectron2"
 DIST_NAMES = ("detectron2", SDIST_NAME)
 
@@ -74,6 +73,7 @@ from detectron2_sources import (  # noqa: E402
     find_compiler,
     prepare_source,
 )
+from pins import CONSTRAINTS, pinned  # noqa: E402
 
 # Detectron2 imports these lazily, where it needs them, and does not declare them. Module name
 # -> the package installed (with its constraints.txt pin) when the module does not import. A
@@ -201,13 +201,6 @@ def check_ops(compiled):
         )
 
 
-def pinned_version():
-    for line in CONSTRAINTS.read_text().splitlines():
-        if line.startswith(SDIST_NAME + "=="):
-            return line.split("==", 1)[1].strip()
-    raise SystemExit(f"{CONSTRAINTS} has no '{SDIST_NAME}==' pin")
-
-
 def pip(*args):
     cmd = [sys.executable, "-m", "pip", *args]
     log(" ".join(cmd))
@@ -329,7 +322,7 @@ def extract_sdist(sdist, dest):
 
 def build_and_install():
     """PyPI's v0.6 sdist, patched, with the pure-Python `_C` stand-in."""
-    version = pinned_version()
+    version = pinned(SDIST_NAME)
     with tempfile.TemporaryDirectory(prefix="d2-build-") as tmp:
         tmp = pathlib.Path(tmp)
         # --no-build-isolation: pip prepares the sdist's metadata with setup.py, which imports

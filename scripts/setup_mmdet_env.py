@@ -13,15 +13,15 @@ a reason given where it is applied. Re-running with nothing changed does nothing
 import argparse
 import json
 import os
-import re
 import subprocess
 import sys
 import tarfile
 import tempfile
 from pathlib import Path
 
+from pins import CONSTRAINTS, pinned
+
 REPO = Path(__file__).resolve().parents[1]
-CONSTRAINTS = REPO / "constraints.txt"
 # mmcv 2.1.0's setup.py does `from pkg_resources import ...`; setuptools 81 removed
 # pkg_resources, so the build (which runs in this venv, without isolation) needs an older one.
 BUILD_TOOLS = ["setuptools<81", "wheel"]
@@ -30,14 +30,6 @@ BUILD_TOOLS = ["setuptools<81", "wheel"]
 # name, not through their requirements, because mmengine requires opencv-python, which would
 # install a second cv2 over the project's opencv-python-headless.
 RUNTIME_DEPS = ["addict", "rich", "yapf", "terminaltables", "scipy", "six"]
-
-
-def pinned(name: str) -> str:
-    """The `name==version` line of constraints.txt (the one place pins live)."""
-    match = re.search(rf"^{re.escape(name)}==(\S+)", CONSTRAINTS.read_text(), re.M)
-    if not match:
-        sys.exit(f"constraints.txt has no {name}== pin")
-    return match.group(1)
 
 
 def run(*cmd, **kwargs):

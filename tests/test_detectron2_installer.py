@@ -210,7 +210,7 @@ def build_with(installer, monkeypatch, tmp_path, sdist):
         # uninstall / install of that wheel: nothing to do here
 
     monkeypatch.setattr(installer, "pip", pip)
-    monkeypatch.setattr(installer, "pinned_version", lambda: "0.6")
+    monkeypatch.setattr(installer, "pinned", lambda name: "0.6")
     monkeypatch.setattr(installer, "patch_source", lambda src: ["nothing"])
     monkeypatch.setattr(installer, "SDIST_SHA256", hashlib.sha256(sdist.read_bytes()).hexdigest())
     installer.build_and_install()
