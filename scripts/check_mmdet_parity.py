@@ -122,7 +122,6 @@ def compare(theirs: "peer.PeerStages", ours: dict) -> dict:
         rel = max(rel, float((a - b).abs().max() / a.abs().max().clamp(min=1e-12)))
     out["fpn_max_rel"] = rel
     out["proposals"] = [len(theirs.proposal_boxes), len(ours["proposal_boxes"])]
-    n = min(out["proposals"])
     out.update(_compare_proposals(theirs, ours))
     out["detections"] = [len(theirs.boxes), len(ours["boxes"])]
     n = min(out["detections"])

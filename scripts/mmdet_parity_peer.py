@@ -103,7 +103,6 @@ class PeerStages:
     inputs: torch.Tensor  # (3, H, W) normalised and padded
     image_size: tuple  # (h, w) of the resized image inside the padding
     original_size: tuple  # (h, w)
-    scale_factor: tuple  # (w_scale, h_scale), resized / original
     features: List[torch.Tensor]  # P2..P6
     proposal_boxes: torch.Tensor  # (1000, 4), resized-image coordinates, by score
     proposal_scores: torch.Tensor  # sigmoid objectness
@@ -138,7 +137,6 @@ def run(model, batch: dict) -> PeerStages:
         inputs=inputs[0],
         image_size=tuple(meta["img_shape"][:2]),
         original_size=tuple(meta["ori_shape"][:2]),
-        scale_factor=tuple(meta["scale_factor"]),
         features=[f[0] for f in features],
         proposal_boxes=proposals[0].bboxes,
         proposal_scores=proposals[0].scores,

@@ -44,7 +44,6 @@ def _stages(n=3, seed=0):
         inputs=torch.rand(3, 32, 32, generator=g),
         image_size=(30, 31),
         original_size=(20, 30),
-        scale_factor=(31 / 30, 1.5),
         features=[torch.rand(4, 8 >> i, 8 >> i, generator=g) for i in range(3)],
         proposal_boxes=boxes.clone(),
         proposal_scores=torch.rand(n, generator=g),
