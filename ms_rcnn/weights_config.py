@@ -116,10 +116,11 @@ def check_weights_config(cfg, record: Optional[dict], path: str, *, inference: b
             "checked against the config."
         )
         return
+    current = {key: _get(cfg, key) for key in record["keys"]}
     differences = [
-        f"{key} is {stored} in the checkpoint, {_get(cfg, key)} in the config"
+        f"{key} is {stored} in the checkpoint, {current[key]} in the config"
         for key, stored in record["keys"].items()
-        if _get(cfg, key) is not None and not _same(stored, _get(cfg, key))
+        if current[key] is not None and not _same(stored, current[key])
     ]
     if not differences:
         return

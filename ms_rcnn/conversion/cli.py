@@ -12,7 +12,7 @@ import torch
 
 from ..checkpoint import atomic_torch_save
 from ..env import add_version_argument
-from ..model_zoo import ConfigNotFoundError, get_config_file
+from ..model_zoo import ConfigNotFoundError, get_config_file, zoo_config_name
 from ..weights_config import weights_config
 from . import SOURCES, ConversionError, convert_state_dict, unwrap_checkpoint
 from .verify import check_fits, check_loads_exactly, config_from_file
@@ -110,11 +110,6 @@ def _find_config(relative: str) -> str:
         raise ConversionError(f"{e}; pass --no-verify to skip the check") from e
 
 
-def zoo_name(config_file: str) -> str:
-    """The model zoo name of a config under the repository's configs/ (works from any folder)."""
-    return config_file[len("configs/") :] if config_file.startswith("configs/") else config_file
-
-
 def convert_file(args) -> None:
     state, meta = unwrap_checkpoint(load_peer_file(args.input, args.unsafe_load), args.input)
     converted = convert_state_dict(state, args.source, meta)
@@ -150,7 +145,7 @@ def convert_file(args) -> None:
         )
     overrides = " ".join(converted.config_overrides())
     command = (
-        f"ms-rcnn-train --config-file {zoo_name(converted.config_file)} --eval-only "
+        f"ms-rcnn-train --config-file {zoo_config_name(converted.config_file)} --eval-only "
         f"MODEL.WEIGHTS {args.output} {overrides}"
     )
     print(f"Wrote {args.output}. Evaluate with:\n  {command.rstrip()}")

@@ -12,6 +12,8 @@ from typing import Callable, Dict, List, Mapping, Optional, Tuple
 
 import torch
 
+from ..weights_config import RECORD_KEY
+
 __all__ = [
     "ConversionError",
     "Rule",
@@ -78,17 +80,17 @@ class Converted:
             [] if self.num_classes == 80 else ["MODEL.ROI_HEADS.NUM_CLASSES", str(self.num_classes)]
         )
 
-    def checkpoint(self, input_path: str = "", weights_config: Optional[dict] = None) -> dict:
+    def checkpoint(self, input_path: str = "", record: Optional[dict] = None) -> dict:
         """What to torch.save: Detectron2 loads "model" as is, with no name heuristics;
-        `weights_config` (from `ms_rcnn.weights_config.weights_config` on `config_file`)
-        records the config keys the weights need, checked when they are loaded."""
+        `record` (from `ms_rcnn.weights_config.weights_config` on `config_file`), stored under
+        RECORD_KEY, holds the config keys the weights need, checked when they are loaded."""
         data = {
             "model": self.model,
             "__author__": f"ms-rcnn convert_checkpoint.py --source {self.source} {input_path}",
             "matching_heuristics": False,
         }
-        if weights_config is not None:
-            data["weights_config"] = weights_config
+        if record is not None:
+            data[RECORD_KEY] = record
         return data
 
     def report(self) -> str:

@@ -18,6 +18,7 @@ from .model_zoo import (
     list_configs,
     merge_config_file,
     resolve_config_file,
+    zoo_config_name,
 )
 from .upstream import (
     Detectron2FeatureMissing,
@@ -38,4 +39,5 @@ __all__ = [
     "list_configs",
     "merge_config_file",
     "resolve_config_file",
+    "zoo_config_name",
 ]

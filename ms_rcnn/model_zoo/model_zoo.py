@@ -15,6 +15,7 @@ __all__ = [
     "list_configs",
     "merge_config_file",
     "resolve_config_file",
+    "zoo_config_name",
 ]
 
 CONFIG_SUFFIXES = (".yaml", ".py")
@@ -49,8 +50,9 @@ def list_configs() -> List[str]:
     )
 
 
-def _normalize(name: str) -> str:
-    # Names as the repository's README writes them ("configs/demo/x.yaml") work too.
+def zoo_config_name(name: str) -> str:
+    """The zoo name of `name`: also a path as the repository's README writes it
+    ("configs/demo/x.yaml", "./configs/...", with "\\" or "/")."""
     name = name.replace("\\", "/").removeprefix("./")
     return name[len("configs/") :] if name.startswith("configs/") else name
 
@@ -59,25 +61,20 @@ def near_matches(name: str, names: List[str], limit: int = 5) -> List[str]:
     """Names that look like `name`: the same file name in another folder first, then close
     spellings of the whole name or of the file name."""
     base = name.rsplit("/", 1)[-1]
-    same_base = [n for n in names if n.rsplit("/", 1)[-1] == base]
     bases = {}
     for n in names:
         bases.setdefault(n.rsplit("/", 1)[-1], []).append(n)
     close = difflib.get_close_matches(name, names, n=limit, cutoff=0.6)
     for b in difflib.get_close_matches(base, list(bases), n=limit, cutoff=0.6):
         close.extend(bases[b])
-    out = []
-    for n in same_base + close:
-        if n not in out:
-            out.append(n)
-    return out[:limit]
+    return list(dict.fromkeys(bases.get(base, []) + close))[:limit]  # in order, once each
 
 
 def get_config_file(name: str) -> str:
     """The path of the zoo's config `name` (e.g. "demo/ms_rcnn_R_18_demo.yaml"). An unknown
     name raises ConfigNotFoundError listing the near matches."""
     root = configs_root()
-    rel = _normalize(name)
+    rel = zoo_config_name(name)
     path = root / rel
     if rel and path.is_file() and path.suffix in CONFIG_SUFFIXES:
         return str(path)
@@ -110,7 +107,7 @@ def resolve_config_file(path_or_name: str) -> Tuple[str, str]:
         path = get_config_file(path_or_name)
     except ConfigNotFoundError as e:
         raise ConfigNotFoundError(f"config {path_or_name!r}: no such file, and {e}") from None
-    return path, f"model zoo config {_normalize(path_or_name)} ({path})"
+    return path, f"model zoo config {zoo_config_name(path_or_name)} ({path})"
 
 
 def merge_config_file(cfg, config_file: str):
