@@ -114,15 +114,9 @@ def run_overrides(args, seed, arm="ms_rcnn"):
 
 def config_max_iter(arm):
     """SOLVER.MAX_ITER of an arm's config (with its _BASE_ files)."""
-    from detectron2.config import get_cfg
+    from .model_zoo import get_config
 
-    from .config import add_ms_rcnn_config
-    from .model_zoo import merge_config_file
-
-    cfg = get_cfg()
-    add_ms_rcnn_config(cfg)
-    merge_config_file(cfg, ARMS[arm])
-    return cfg.SOLVER.MAX_ITER
+    return get_config(ARMS[arm]).SOLVER.MAX_ITER
 
 
 def baseline_checkpoint(args, seed):

@@ -143,7 +143,8 @@ def _usable_part(obj, has_masks: bool):
     return segm  # RLE
 
 
-def _ids_text(ids) -> str:
+def _short_list(ids) -> str:
+    """The first _MAX_LISTED items (annotation ids, file names), and how many more."""
     listed = ", ".join(str(i) for i in ids[:_MAX_LISTED])
     return listed + (f" and {len(ids) - _MAX_LISTED} more" if len(ids) > _MAX_LISTED else "")
 
@@ -166,14 +167,31 @@ def _warn_once(found: UnusablePolygons, source: str) -> None:
         parts.append(
             f"dropped {len(found.dropped)} annotation(s) without a usable polygon (empty "
             f"segmentation, fewer than 3 points, an odd number of coordinates or zero area), "
-            f"ids {_ids_text(found.dropped)}"
+            f"ids {_short_list(found.dropped)}"
         )
     if found.trimmed:
         parts.append(
             f"removed such polygons from {len(found.trimmed)} annotation(s) that keep a usable "
-            f"one, ids {_ids_text(found.trimmed)}"
+            f"one, ids {_short_list(found.trimmed)}"
         )
     logger.warning(f"{source}: " + "; ".join(parts) + ". Category ids and classes are unchanged.")
+
+
+def _keep_usable(annotations, has_masks: bool) -> tuple[list, UnusablePolygons]:
+    """The annotations a mask can be made of, with their unusable polygons removed (in place),
+    crowd regions as they are; and the ids of those dropped and of those trimmed."""
+    kept, found = [], UnusablePolygons([], [])
+    for ann in annotations:
+        if not ann.get("iscrowd", 0):
+            usable = _usable_part(ann, has_masks)
+            if usable is None:
+                found.dropped.append(ann.get("id"))
+                continue
+            if usable is not ann.get("segmentation"):
+                found.trimmed.append(ann.get("id"))
+                ann["segmentation"] = usable
+        kept.append(ann)
+    return kept, found
 
 
 def drop_unusable_polygons(data: dict, source: str = "COCO JSON") -> UnusablePolygons:
@@ -185,20 +203,7 @@ def drop_unusable_polygons(data: dict, source: str = "COCO JSON") -> UnusablePol
     segmentations and crowd regions are kept as they are. Categories are not touched.
     """
     annotations = data.get("annotations") or []
-    has_masks = _has_masks(annotations)
-    kept, found = [], UnusablePolygons([], [])
-    for ann in annotations:
-        if ann.get("iscrowd", 0):
-            kept.append(ann)
-            continue
-        usable = _usable_part(ann, has_masks)
-        if usable is None:
-            found.dropped.append(ann.get("id"))
-            continue
-        if usable is not ann.get("segmentation"):
-            found.trimmed.append(ann.get("id"))
-            ann["segmentation"] = usable
-        kept.append(ann)
+    kept, found = _keep_usable(annotations, _has_masks(annotations))
     if found:
         data["annotations"] = kept
         _warn_once(found, source)
@@ -225,16 +230,7 @@ def _drop_from_dataset_dicts(dicts, has_masks: bool) -> None:
     """The same rule on Detectron2 dataset dicts (load_coco_json already dropped polygons of
     fewer than 3 points, and left annotations with an empty list without 'segmentation')."""
     for record in dicts:
-        kept = []
-        for obj in record["annotations"]:
-            if not obj.get("iscrowd", 0):
-                usable = _usable_part(obj, has_masks)
-                if usable is None:
-                    continue
-                if usable is not obj.get("segmentation"):
-                    obj["segmentation"] = usable
-            kept.append(obj)
-        record["annotations"] = kept
+        record["annotations"], _ = _keep_usable(record["annotations"], has_masks)
 
 
 def check_image_files(dataset_dicts, dataset_name: str | None = None) -> None:
@@ -242,9 +238,9 @@ def check_image_files(dataset_dicts, dataset_name: str | None = None) -> None:
     missing = [d["file_name"] for d in dataset_dicts if not os.path.isfile(d["file_name"])]
     if missing:
         where = f" of dataset {dataset_name}" if dataset_name else ""
-        listed = ", ".join(missing[:_MAX_LISTED])
-        more = f" and {len(missing) - _MAX_LISTED} more" if len(missing) > _MAX_LISTED else ""
-        raise FileNotFoundError(f"{len(missing)} image file(s){where} missing: {listed}{more}")
+        raise FileNotFoundError(
+            f"{len(missing)} image file(s){where} missing: {_short_list(missing)}"
+        )
 
 
 def load_coco_json_checked(
