@@ -63,6 +63,15 @@ def load(name):
     return LazyConfig.load(str(LAZY / name))
 
 
+def lazyconfig_train_net_module():
+    """Detectron2's tools/lazyconfig_train_net.py, imported (its command line runs only under
+    __main__)."""
+    spec = importlib.util.spec_from_file_location("d2_lazyconfig_train_net", lazyconfig_train_net())
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 def build(cfg, seed=0):
     torch.manual_seed(seed)
     return instantiate(cfg.model)
@@ -151,9 +160,7 @@ def test_lazyconfig_train_net_is_detectron2s_own_script():
     in_venv = any((folder / "pyvenv.cfg").is_file() for folder in script.parents)
     ours = ROOT in script.parents and not in_venv
     assert not ours, f"{script} is a file of ms-rcnn, not Detectron2's"
-    spec = importlib.util.spec_from_file_location("d2_lazyconfig_train_net", script)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)  # its command line runs only under __main__
+    module = lazyconfig_train_net_module()
     for name in ("do_train", "do_test", "main"):
         assert callable(getattr(module, name, None)), f"{script} has no {name}()"
 

@@ -10,7 +10,6 @@ tiny model: a ViT of 32 channels and 2 blocks on 128x128 images.
 """
 
 import argparse
-import importlib.util
 import json
 import re
 
@@ -21,7 +20,7 @@ from detectron2.config import LazyConfig, instantiate
 from detectron2.layers import NaiveSyncBatchNorm, ShapeSpec
 from detectron2.modeling.roi_heads import CascadeROIHeads, StandardROIHeads
 from omegaconf import OmegaConf
-from test_lazyconfig import LAZY, ROOT, lazyconfig_train_net
+from test_lazyconfig import ROOT, _container, lazyconfig_train_net_module, load
 
 import ms_rcnn.model_zoo.upstream as upstream
 from ms_rcnn import (
@@ -59,10 +58,6 @@ def recipe_marks(name):
 
 
 ALL_CONFIGS = [pytest.param(n, marks=recipe_marks(n)) for n in RECIPES]
-
-
-def load(name):
-    return LazyConfig.load(str(LAZY / name))
 
 
 # ---------------------------------------------------------------- the MaskIoU head's norm
@@ -289,10 +284,6 @@ def test_an_unknown_model_zoo_config_is_refused():
         get_detectron2_config("new_baselines/nothing.py")
 
 
-def _container(cfg):
-    return OmegaConf.to_container(cfg, resolve=False)
-
-
 def _text(value):
     return re.sub(r" at 0x[0-9a-f]+", "", repr(value))
 
@@ -405,19 +396,12 @@ def tiny(cfg, out_dir):
     return cfg
 
 
-def train_net_module():
-    spec = importlib.util.spec_from_file_location("d2_train_net", lazyconfig_train_net())
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 @pytest.mark.parametrize("name", ALL_CONFIGS)
 def test_recipe_trains_and_evaluates_with_mask_scores(name, tmp_path, monkeypatch):
     monkeypatch.setenv("MS_RCNN_DATASETS", str(tmp_path / "datasets"))
     cfg = tiny(load(name), tmp_path / "out")
     torch.manual_seed(0)
-    train_net_module().do_train(argparse.Namespace(resume=False), cfg)
+    lazyconfig_train_net_module().do_train(argparse.Namespace(resume=False), cfg)
 
     records = [json.loads(line) for line in (tmp_path / "out" / "metrics.json").open()]
     steps = [r for r in records if "total_loss" in r]
