@@ -4,8 +4,9 @@ A venv of its own (default .venv-mmdet) that sees the project venv's packages (t
 ms-rcnn) through a .pth line, plus mmdetection, mmengine and mmcv at the versions pinned in
 constraints.txt. mmcv publishes no wheel for this torch, so its sdist is compiled here with the
 CPU ops (15-25 minutes on 2 cores) and the wheel is cached, keyed by the torch version it was
-built against, so a second setup installs in seconds. Two fixes are applied to the sdist, each for
-a reason given where it is applied. Re-running with nothing changed does nothing.
+built against, so a second setup installs in seconds. Two fixes make it build, each explained
+where it is made: an older setuptools in the venv, and a newer C++ standard in mmcv's setup.py.
+Re-running with nothing changed does nothing.
 
     python scripts/setup_mmdet_env.py --venv .venv-mmdet --base .venv
 """

@@ -170,16 +170,20 @@ def test_other_styles_draw_the_same_short_edge_as_detectron2(style):
         assert (a.new_h, a.new_w) == (b.new_h, b.new_w)
 
 
+# A 480 x 640 image at short edge 80: the size and backend of each style (maskrcnn-benchmark's is
+# torchvision's F.resize of a PIL image, PIL bilinear).
+EXPECTED_80 = {
+    "detectron2": lambda img: pil_bilinear(img, 80, 107),
+    "mmdet": lambda img: cv2_bilinear(img, 80, 107),
+    "maskrcnn-benchmark": lambda img: pil_bilinear(img, 80, 106),
+}
+
+
 def test_styles_resize_with_their_backend():
     img = noise_image(480, 640)
-    expected = {
-        "detectron2": pil_bilinear(img, 80, 107),
-        "mmdet": cv2_bilinear(img, 80, 107),
-        "maskrcnn-benchmark": pil_bilinear(img, 80, 106),  # torchvision's F.resize of a PIL image
-    }
-    for style, want in expected.items():
+    for style, expected in EXPECTED_80.items():
         out = StyledResizeShortestEdge(80, 1333, "choice", style=style).get_transform(img)
-        np.testing.assert_array_equal(out.apply_image(img), want, err_msg=style)
+        np.testing.assert_array_equal(out.apply_image(img), expected(img), err_msg=style)
 
 
 def test_zero_short_edge_turns_the_resize_off_in_every_style():
@@ -227,13 +231,6 @@ def test_training_augmentations_keep_detectron2s_sampling_and_flip():
 
 
 # ---- every place ms-rcnn resizes ------------------------------------------------------------
-
-
-EXPECTED_80 = {  # a 480 x 640 image at MIN_SIZE_TEST 80 (BGR): size and backend of each style
-    "detectron2": lambda bgr: pil_bilinear(bgr, 80, 107),
-    "mmdet": lambda bgr: cv2_bilinear(bgr, 80, 107),
-    "maskrcnn-benchmark": lambda bgr: pil_bilinear(bgr, 80, 106),
-}
 
 
 def chw(array):
